@@ -1,0 +1,96 @@
+"""Atomic file writes and the on-disk formats shared by every stage.
+
+Every output goes to a temporary sibling first and is renamed into place, so a killed job
+never leaves a file that looks complete (rename is atomic on POSIX within one folder).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+import pandas as pd
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it to `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path | str, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_parquet(df: pd.DataFrame, path: Path | str) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def write_json(obj: Any, path: Path | str) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_png(path: Path | str, image: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"PNG encoding failed for {path}")
+    write_bytes(path, buf.tobytes())
+
+
+def write_image_stack(path: Path | str, images: np.ndarray) -> None:
+    """A shard's images as one uint8 N x H x W .npy: memory-mappable, so readers stay bounded."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(images, dtype=np.uint8))
+
+
+def read_image_stack(path: Path | str, mmap: bool = True) -> np.ndarray:
+    return np.load(path, mmap_mode="r" if mmap else None)
+
+
+def write_mask_stack(path: Path | str, ids: list[str], masks: np.ndarray) -> None:
+    """Binary masks (N x H x W) bit-packed and compressed with their image ids, one file per shard."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3 or len(ids) != masks.shape[0]:
+        raise ValueError(f"mask stack shape {masks.shape} does not match {len(ids)} ids")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, ids=np.asarray(ids, dtype=str), shape=np.asarray(masks.shape),
+                                bits=np.packbits(masks, axis=None))
+
+
+def read_mask_stack(path: Path | str) -> tuple[list[str], np.ndarray]:
+    with np.load(path) as data:
+        shape = tuple(int(s) for s in data["shape"])
+        count = int(np.prod(shape))
+        masks = np.unpackbits(data["bits"], count=count).reshape(shape).astype(bool)
+        return [str(i) for i in data["ids"]], masks
