@@ -12,6 +12,10 @@ include: "rules/synthetic.smk"
 include: "rules/ingest.smk"
 include: "rules/weak_masks.smk"
 include: "rules/qc.smk"
+include: "rules/early_learning.smk"
+include: "rules/self_learning.smk"
+include: "rules/final.smk"
+include: "rules/supervised.smk"
 include: "rules/evaluate.smk"
 
 
@@ -19,5 +23,5 @@ rule all:
     input:
         "results/manifest.parquet",
         "results/qc/weak.parquet",
-        evaluation_targets,
+        final_targets,
     default_target: True

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from lungssl import __version__
-from lungssl.storage import (read_image_stack, read_mask_stack, write_image_stack, write_json,
+from lungssl.self_learning import BrokenRoundChain
+from lungssl.storage import (atomic_path, read_image_stack, read_mask_stack, write_image_stack, write_json,
                              write_mask_stack, write_parquet)
 
 log = logging.getLogger("lungssl")
@@ -96,14 +97,32 @@ def cmd_weak_masks(a: argparse.Namespace) -> None:
     log.info("weak masks for %d images in %.1f s (%.1f images/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
 
 
+def cmd_shape_prior(a: argparse.Namespace) -> None:
+    from lungssl.qc import build_shape_prior, save_prior
+
+    prior = build_shape_prior(_sampled_masks(a.masks, a.max_masks, a.seed))
+    save_prior(prior, a.out)
+    log.info("shape prior from %d non-empty masks, %d kept as self-consistent", prior.n_masks, prior.n_kept)
+
+
+def _sampled_masks(paths: list[str], max_masks: int, seed: int):
+    """A seeded sample of at most max_masks masks, streamed shard by shard (memory stays bounded)."""
+    counts = [len(read_mask_stack(p)[0]) for p in paths]
+    keep_share = min(1.0, max_masks / max(sum(counts), 1))
+    rng = np.random.default_rng(seed)
+    for path in paths:
+        _, masks = read_mask_stack(path)
+        yield from (m for m in masks if rng.random() < keep_share)
+
+
 def cmd_qc(a: argparse.Namespace) -> None:
-    from lungssl.qc import QCParams, qc_table
+    from lungssl.qc import QCParams, load_prior, qc_table
 
     params = QCParams.from_config(json.loads(a.params))
     ids, masks = read_mask_stack(a.masks)
-    table = qc_table(ids, masks, params)
+    table = qc_table(ids, masks, params, load_prior(a.prior) if a.prior else None)
     write_parquet(table, a.out)
-    log.info("QC: %d of %d masks pass (threshold %.2f)", int(table["qc_pass"].sum()), len(table), params.threshold)
+    log.info("QC: %d of %d masks pass", int(table["qc_pass"].sum()), len(table))
 
 
 def cmd_qc_merge(a: argparse.Namespace) -> None:
@@ -119,7 +138,7 @@ def cmd_qc_merge(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from lungssl.evaluation import evaluate_masks, summary_row
+    from lungssl.evaluation import evaluate_masks
 
     frames = []
     for pred_path, gt_path in zip(a.pred, a.gt, strict=True):
@@ -127,15 +146,119 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         gt_ids, truths = read_mask_stack(gt_path)
         frames.append(evaluate_masks(pred_ids, preds, gt_ids, truths, a.stage))
     table = pd.concat(frames, ignore_index=True)
+    split = pd.read_parquet(a.manifest, columns=["image_id", "split"])
+    table = table.merge(split, on="image_id", how="left")
     if a.qc:
         qc = pd.read_parquet(a.qc)[["image_id", "qc_score", "qc_pass"]]
         table = table.merge(qc, on="image_id", how="left")
     write_parquet(table, a.out)
-    rows = [summary_row(table, a.stage)]
-    if a.qc and len(table):
-        rows.append(summary_row(table[table["qc_pass"].astype(bool)], f"{a.stage}_qc_pass"))
-    pd.DataFrame(rows).to_csv(a.summary, index=False)
-    log.info("evaluation: %s", pd.DataFrame(rows).to_string(index=False))
+    log.info("evaluated %d images for stage %s: mean Dice %.4f", len(table), a.stage, table["dice"].mean())
+
+
+def cmd_eval_summary(a: argparse.Namespace) -> None:
+    from lungssl.evaluation import summary_rows
+
+    tables = [pd.read_parquet(p) for p in a.inputs]
+    summary = summary_rows(tables)
+    with atomic_path(a.out) as tmp:
+        summary.to_csv(tmp, index=False, float_format="%.4f")
+    log.info("evaluation summary:\n%s", summary.to_string(index=False))
+
+
+def _train_params(a: argparse.Namespace):
+    from lungssl.modeling import ModelSpec
+    from lungssl.training import TrainParams
+
+    cfg = json.loads(a.params)
+    return ModelSpec.from_config(cfg["model"], cfg["model"]["size"]), TrainParams.from_config(cfg["train"])
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from lungssl.plots import learning_curve
+    from lungssl.training import collect_targets, train_model
+
+    spec, params = _train_params(a)
+    meta = {"stage": a.stage}
+    if a.chain:
+        meta.update(_use_chain(a))
+    if not a.targets:
+        raise ValueError("give --targets (or --chain for the final stage)")
+    manifest = pd.read_parquet(a.manifest)
+    stacks = {Path(p).stem: Path(p) for p in a.images}
+    qc = pd.read_parquet(a.qc) if a.qc else None
+    targets = [Path(p) for p in a.targets]
+    train = collect_targets(manifest, stacks, targets, "train", spec.size, qc, passed_only=True)
+    val = collect_targets(manifest, stacks, targets, "val", spec.size, qc, passed_only=True)
+    log.info("%s: %d training and %d validation targets", a.stage, len(train.table), len(val.table))
+    metrics = train_model(train, val, spec, params, Path(a.out), Path(a.state),
+                          Path(a.init) if a.init else None, a.threads, meta)
+    write_parquet(metrics, a.metrics)
+    learning_curve(metrics, a.plot, title=a.stage)
+
+
+def _use_chain(a: argparse.Namespace) -> dict:
+    """The final stage trains on what the verified round chain names, and re-checks it first."""
+    from lungssl.self_learning import check_chain_record
+
+    record = json.loads(Path(a.chain).read_text())
+    check_chain_record(record)
+    a.targets, a.qc, a.init = record["targets"], record["qc"], record["init"]
+    log.info("final stage: round %d of the self-learning loop (%s)", record["round"], record["reason"])
+    return {"round": record["round"], "round_pass_fraction": record["pass_fraction"]}
+
+
+def cmd_round_chain(a: argparse.Namespace) -> None:
+    from lungssl.self_learning import chain_record
+
+    record = chain_record([Path(p) for p in a.inputs])
+    write_json(record, a.out)
+    log.info("round chain verified: %d round(s); %s", record["round"], record["reason"])
+
+
+def cmd_predict_shard(a: argparse.Namespace) -> None:
+    import torch
+
+    from lungssl.inference import clean_mask, predict_probs, to_mask
+    from lungssl.modeling import load_model, pick_device
+
+    torch.set_num_threads(max(1, a.threads))
+    device = pick_device()
+    model, spec, _ = load_model(a.model, device)
+    table = pd.read_parquet(a.table)
+    table = table[table["accepted"]].sort_values("row")
+    images = read_image_stack(a.images)
+    probs, agree = predict_probs(model, images, spec.size, device, a.batch_size, tta=not a.no_tta)
+    n = images.shape[1] if len(images) else spec.size
+    masks = np.stack([clean_mask(to_mask(p, n, n)) for p in probs]) if len(probs) else np.zeros((0, n, n), bool)
+    ids = table["image_id"].tolist()
+    write_mask_stack(a.out, ids, masks)
+    confidence = [float(np.mean(np.abs(p - 0.5)) * 2) for p in probs]
+    write_parquet(pd.DataFrame({"image_id": ids, "tta_dice": agree, "confidence": confidence}), a.stats)
+    log.info("predicted %d masks", len(ids))
+
+
+def cmd_round_status(a: argparse.Namespace) -> None:
+    from lungssl.qc import summarize
+    from lungssl.self_learning import round_status, write_status
+
+    qc = pd.concat([pd.read_parquet(p) for p in a.qc], ignore_index=True)
+    write_parquet(qc, a.qc_out)
+    manifest = pd.read_parquet(a.manifest, columns=["image_id", "split"])
+    status = round_status(a.round, qc, manifest, Path(a.model), Path(a.qc_out), a.target_pass,
+                          a.min_rounds, a.max_rounds)
+    write_status(status, Path(a.out))
+    log.info("round %d: %d of %d training pseudo-masks pass QC (%.1f%%); %s -> %s", status.round, status.n_pass,
+             status.n_train, 100 * status.pass_fraction, status.reason, "stop" if status.stop else "continue")
+    log.info("QC: %s", json.dumps(summarize(qc, float("nan"))))
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from lungssl.inference import predict_folder
+
+    n_ok, rejected = predict_folder(Path(a.model), [Path(p) for p in a.input], Path(a.output),
+                                    overlay=a.overlay, device=a.device, batch_size=a.batch_size)
+    log.info("wrote %d masks to %s; %d files rejected", n_ok, a.output, len(rejected))
+    return 3 if rejected else 0
 
 
 # ---------------------------------------------------------------- parser
@@ -194,8 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--stats", required=True)
 
-    p = _add(sub, "qc", cmd_qc, "shape-feature QC table for one stack of masks")
+    p = _add(sub, "shape-prior", cmd_shape_prior, "the cohort's shape prior from the masks of all shards")
+    p.add_argument("--masks", nargs="+", required=True)
+    p.add_argument("--max-masks", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "qc", cmd_qc, "QC table for one stack of masks (shape features, cohort score with --prior)")
     p.add_argument("--masks", required=True)
+    p.add_argument("--prior", help="cohort shape prior (from shape-prior); without it the fixed-range score")
     p.add_argument("--params", default="{}", help="JSON of QC parameters")
     p.add_argument("--out", required=True)
 
@@ -207,13 +337,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", required=True)
     p.add_argument("--plot", required=True)
 
-    p = _add(sub, "evaluate", cmd_evaluate, "Dice/IoU of predicted masks against ground truth (measuring only)")
+    p = _add(sub, "evaluate", cmd_evaluate, "per-image Dice/IoU/HD95 of masks against ground truth (measuring only)")
     p.add_argument("--pred", nargs="+", required=True)
     p.add_argument("--gt", nargs="+", required=True)
+    p.add_argument("--manifest", required=True)
     p.add_argument("--stage", required=True)
-    p.add_argument("--qc", help="QC table to split the summary into all / QC-passed")
+    p.add_argument("--qc", help="QC table, so that QC-passed masks can be summarised apart")
     p.add_argument("--out", required=True)
-    p.add_argument("--summary", required=True)
+
+    p = _add(sub, "eval-summary", cmd_eval_summary, "one summary row per stage and split from evaluation tables")
+    p.add_argument("--inputs", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "train", cmd_train, "train a UNet on target masks (early learning, a round, final or supervised)",
+             "example: lungssl train --manifest results/manifest.parquet --images results/images/*.npy \\\n"
+             "  --targets results/weak/*.npz --qc results/qc/weak.parquet --params \"$(cat params.json)\" \\\n"
+             "  --out model.pt --metrics metrics.parquet --plot curve.png --state state.pt")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--images", nargs="+", required=True, help="image stacks, one per shard")
+    p.add_argument("--targets", nargs="+", help="mask stacks holding the targets")
+    p.add_argument("--qc", help="QC table: only QC-passed targets are used (score = optional loss weight)")
+    p.add_argument("--params", required=True, help="JSON {model: {...}, train: {...}}")
+    p.add_argument("--init", help="start from this model's weights")
+    p.add_argument("--stage", default="train")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--chain", help="verified round chain (final stage): gives targets, QC table and init model")
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--plot", required=True)
+    p.add_argument("--state", required=True, help="resume state, rewritten every epoch")
+
+    p = _add(sub, "predict-shard", cmd_predict_shard, "pseudo-masks for one shard with a trained model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--images", required=True)
+    p.add_argument("--table", required=True)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-tta", action="store_true", help="skip the flip test-time augmentation")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.add_argument("--stats", required=True)
+
+    p = _add(sub, "round-status", cmd_round_status, "merge a round's QC tables and decide whether the loop stops")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--qc", nargs="+", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--model", required=True, help="the model that predicted this round")
+    p.add_argument("--target-pass", type=float, default=0.66)
+    p.add_argument("--min-rounds", type=int, default=1)
+    p.add_argument("--max-rounds", type=int, default=5)
+    p.add_argument("--qc-out", required=True)
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "round-chain", cmd_round_chain,
+             "verify the self-learning rounds 1..R form one chain and record what the final model trains on")
+    p.add_argument("--inputs", nargs="+", required=True, help="status files, pseudo-masks, QC tables, models")
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "predict", cmd_predict, "lung masks for any X-rays with a trained model",
+             "examples:\n  lungssl predict --model results/final/model.pt --input xrays/ --output masks/\n"
+             "  lungssl predict --model model.pt --input a.dcm b.png --output out/ --overlay\n\n"
+             "exit codes: 0 all written, 3 some inputs rejected (see OUTPUT/rejected.csv), 2 error")
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", nargs="+", required=True, help="folders (scanned recursively) and/or files")
+    p.add_argument("--output", required=True)
+    p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", type=int, default=16)
     return parser
 
 
@@ -222,11 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, BrokenRoundChain) as err:
         log.error("%s", err)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

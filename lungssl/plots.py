@@ -23,3 +23,26 @@ def score_histogram(scores: np.ndarray, threshold: float, path: Path | str, titl
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def learning_curve(metrics, path: Path | str, title: str) -> None:
+    """Train/val Dice per epoch with the fitted saturating curve and the chosen (stop) epoch."""
+    from lungssl.early_stop import fit_curve, saturating
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(metrics["epoch"], metrics["train_dice"], "o-", label="train Dice (vs targets)")
+    if metrics["val_dice"].notna().any():
+        ax.plot(metrics["epoch"], metrics["val_dice"], "s-", label="val Dice (vs targets)")
+    params = fit_curve(metrics["train_dice"].tolist())
+    if params is not None:
+        t = np.linspace(1, metrics["epoch"].max(), 100)
+        ax.plot(t, saturating(t, *params), "--", color="gray", label="saturating fit")
+    chosen = metrics.loc[metrics["chosen"], "epoch"]
+    if len(chosen):
+        ax.axvline(int(chosen.iloc[0]), color="#c44e52", ls=":", label=f"chosen epoch {int(chosen.iloc[0])}")
+    ax.set(xlabel="epoch", ylabel="Dice", title=title, ylim=(0, 1))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -7,7 +7,10 @@ The same QC serves weak masks and every round's pseudo-masks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
 
+import cv2
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
@@ -36,6 +39,13 @@ class QCParams:
         "n_objects": Range(2, 2, 2),
     })
     threshold: float = 0.8
+    # Cohort-aware score (used when qc_table gets a ShapePrior); see the section below.
+    z_soft: float = 4.0  # robust SDs from the cohort's self-consistent masks that are still fine
+    z_hard: float = 6.0  # ... and at which the gate has fallen to 0
+    # Fixed level with a meaning, not fitted: the mask and each lung overlap the cohort's typical
+    # shape with IoU >= 3/4 (geometric mean) and nothing about its placement or size is a gross
+    # outlier. A fixed level keeps scores comparable between cohorts and self-training rounds.
+    cohort_threshold: float = 0.75
 
     @classmethod
     def from_config(cls, cfg: dict) -> "QCParams":
@@ -44,7 +54,12 @@ class QCParams:
             if name not in FEATURES:
                 raise ValueError(f"unknown QC feature {name!r}; known: {', '.join(FEATURES)}")
             ranges[name] = Range(float(r["lo"]), float(r["hi"]), float(r["tolerance"]))
-        return cls(ranges=ranges, threshold=float(cfg.get("threshold", cls.threshold)))
+        p = cls(ranges=ranges, threshold=float(cfg.get("threshold", cls.threshold)),
+                z_soft=float(cfg.get("z_soft", cls.z_soft)), z_hard=float(cfg.get("z_hard", cls.z_hard)),
+                cohort_threshold=float(cfg.get("cohort_threshold", cls.cohort_threshold)))
+        if not 0 <= p.z_soft < p.z_hard:
+            raise ValueError(f"need 0 <= z_soft < z_hard, got {p.z_soft} and {p.z_hard}")
+        return p
 
 
 def shape_features(mask: np.ndarray) -> dict[str, float]:
@@ -78,14 +93,21 @@ def score_features(features: dict[str, float], params: QCParams) -> dict[str, fl
     return {**norm, "qc_score": score, "qc_pass": bool(score >= params.threshold)}
 
 
-def qc_table(ids: list[str], masks: np.ndarray, params: QCParams) -> pd.DataFrame:
+def qc_table(ids: list[str], masks: np.ndarray, params: QCParams, prior: "ShapePrior | None" = None
+             ) -> pd.DataFrame:
+    """One row per mask. Without a prior: the fixed-range shape score. With one: the cohort score
+    (prior IoU x z-gate) replaces qc_score / qc_pass; the fixed-range columns stay for reference."""
     rows = []
     for image_id, mask in zip(ids, masks):
         feats = shape_features(mask)
-        rows.append({"image_id": image_id, **{f"f_{k}": v for k, v in feats.items()},
-                     **score_features(feats, params)})
-    columns = ["image_id", *[f"f_{k}" for k in FEATURES], *[f"q_{k}" for k in FEATURES], "qc_score", "qc_pass"]
-    return pd.DataFrame(rows, columns=columns)
+        row = {"image_id": image_id, **{f"f_{k}": v for k, v in feats.items()}, **score_features(feats, params)}
+        if prior is not None:
+            row.update(cohort_scores(np.asarray(mask, dtype=bool), prior, params))
+        rows.append(row)
+    columns = ["image_id", *[f"f_{k}" for k in FEATURES], *[f"q_{k}" for k in FEATURES]]
+    if prior is not None:
+        columns += [*COHORT_COLUMNS]
+    return pd.DataFrame(rows, columns=[*columns, "qc_score", "qc_pass"])
 
 
 def summarize(table: pd.DataFrame, threshold: float) -> dict:
@@ -97,3 +119,222 @@ def summarize(table: pd.DataFrame, threshold: float) -> dict:
         "score_quantiles": {str(q): float(table["qc_score"].quantile(q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
         if len(table) else {},
     }
+
+
+# ---------------------------------------------------------------- cohort-aware QC
+#
+# Fixed plausible ranges cannot tell a good mask from a plausible-looking bad one, and they
+# encode one dataset's framing. The cohort-aware score instead asks "does this mask look like the
+# self-consistent majority of its own cohort?":
+#   1. shape: the mask, and each of its two lungs, cropped to the bounding box and resized to a
+#      fixed grid (so position and scale drop out) is compared by IoU with the cohort's prior
+#      for the pair, the left and the right lung. The per-lung terms keep a stray speck or a tail,
+#      which stretches the pair's box, from ruining an otherwise good mask; the pair term keeps
+#      the lungs' arrangement. q_prior = sqrt(pair IoU x mean per-lung IoU).
+#   2. placement and size: robust z-scores (median / MAD over the same self-consistent masks) of
+#      where the mask sits in the image, how large it is and how alike its two lungs are; they
+#      catch what the bounding-box normalisation hides (a well-shaped mask at the wrong scale).
+# qc_score = q_prior x z-gate: the gate is 1 while every |z| <= z_soft and 0 at |z| >= z_hard.
+# No labels are used anywhere.
+
+GEOMETRY = ("area_fraction", "bbox_height", "bbox_width", "bbox_cx", "bbox_cy", "height_ratio", "area_ratio")
+PARTS = ("pair", "left", "right")  # left / right as seen in the image
+COHORT_COLUMNS = (*[f"f_{k}" for k in GEOMETRY], "f_prior_iou", "f_lung_iou", "f_max_abs_z",
+                  "q_prior", "q_gate", "qc_outlier")
+MAD_TO_SD = 1.4826  # MAD x this = SD for normal data, so z reads as "robust SDs from typical"
+MIN_SCALE = 0.01  # floor on a feature's spread (features are fractions): a cohort of near-identical
+#                   masks must not turn a one-pixel difference into a huge z
+
+
+@dataclass(frozen=True)
+class ShapePrior:
+    """The cohort's typical lung-pair shape and the robust spread of its geometry features."""
+    maps: np.ndarray  # 3 x grid x grid float32 in [0, 1] (PARTS order): share of kept masks per cell
+    median: dict[str, float]
+    scale: dict[str, float]  # MAD x 1.4826, floored at MIN_SCALE
+    n_masks: int = 0  # non-empty masks seen
+    n_kept: int = 0  # masks the maps and statistics were computed on
+
+    @property
+    def grid(self) -> int:
+        return int(self.maps.shape[-1])
+
+    @property
+    def prior(self) -> np.ndarray:
+        """The pair map."""
+        return self.maps[0]
+
+    @property
+    def binary(self) -> np.ndarray:
+        # Cells most self-consistent masks cover: the "typical" shape, one per part.
+        return self.maps >= 0.5
+
+    def z_scores(self, features: dict[str, float]) -> dict[str, float]:
+        return {k: (features[k] - self.median[k]) / self.scale[k] for k in GEOMETRY}
+
+
+def normalize_to_bbox(mask: np.ndarray, grid: int = 64) -> np.ndarray:
+    """Crop to the mask's bounding box and resize to grid x grid (bool); all False if empty.
+
+    Removes position and scale, so the comparison with the prior is about shape alone."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return np.zeros((grid, grid), bool)
+    cols = np.flatnonzero(mask.any(axis=0))
+    crop = np.asarray(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], dtype=np.float32)
+    # INTER_AREA averages the pixels falling into each cell; >= 0.5 is a majority vote.
+    return cv2.resize(crop, (grid, grid), interpolation=cv2.INTER_AREA) >= 0.5
+
+
+def split_lungs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(two largest objects, left one, right one). A lone object goes to the side of the image
+    its centre lies on and leaves the other side empty, so a half mask scores half."""
+    labels, n = ndi.label(mask)
+    empty = np.zeros(mask.shape, bool)
+    if n == 0:
+        return empty, empty, empty
+    areas = np.bincount(labels.ravel())[1:]
+    objs = [labels == i + 1 for i in np.argsort(areas)[::-1][:2]]
+    cx = [np.flatnonzero(o.any(axis=0)).mean() for o in objs]
+    if len(objs) == 2:
+        left, right = (objs[0], objs[1]) if cx[0] <= cx[1] else (objs[1], objs[0])
+    else:
+        left, right = (objs[0], empty) if cx[0] < mask.shape[1] / 2 else (empty, objs[0])
+    return left | right, left, right
+
+
+def geometry_features(mask: np.ndarray) -> dict[str, float]:
+    """Placement, size and left/right balance as image fractions, so they do not depend on resolution."""
+    h, w = mask.shape
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return dict.fromkeys(GEOMETRY, 0.0)
+    cols = np.flatnonzero(mask.any(axis=0))
+    _, left, right = split_lungs(mask)
+    heights = [np.count_nonzero(x.any(axis=1)) for x in (left, right)]
+    areas = [np.count_nonzero(x) for x in (left, right)]
+    return {
+        "area_fraction": float(np.count_nonzero(mask) / mask.size),
+        "bbox_height": float((rows[-1] - rows[0] + 1) / h),
+        "bbox_width": float((cols[-1] - cols[0] + 1) / w),
+        "bbox_cx": float((cols[0] + cols[-1] + 1) / 2 / w),
+        "bbox_cy": float((rows[0] + rows[-1] + 1) / 2 / h),
+        # Two lungs of similar height and size; a lone object scores 0 on both.
+        "height_ratio": float(min(heights) / max(heights)),
+        "area_ratio": float(min(areas) / max(areas)),
+    }
+
+
+def shape_codes(mask: np.ndarray, grid: int = 64) -> np.ndarray:
+    """3 x grid x grid bool: the pair, left and right lung, each normalised to its own box."""
+    return np.stack([normalize_to_bbox(part, grid) for part in split_lungs(np.asarray(mask, dtype=bool))])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU over the last axis (bool cells); 0 where both are empty."""
+    inter = np.count_nonzero(a & b, axis=-1)
+    union = np.count_nonzero(a | b, axis=-1)
+    return inter / np.maximum(union, 1)
+
+
+def _combine(ious: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., 3) IoUs with the pair / left / right prior -> (mean per-lung IoU, q_prior).
+
+    Geometric mean: both the arrangement and the single lungs must look right."""
+    lung = ious[..., 1:].mean(axis=-1)
+    return lung, np.sqrt(ious[..., 0] * lung)
+
+
+def _as_masks(masks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    # Accept single masks or whole shard stacks, so a caller can stream shard after shard.
+    for m in masks:
+        m = np.asarray(m)
+        if m.ndim == 3:
+            yield from (np.asarray(x, dtype=bool) for x in m)
+        else:
+            yield m.astype(bool, copy=False)
+
+
+def build_shape_prior(masks: Iterable[np.ndarray], grid: int = 64, keep_fraction: float = 0.5,
+                      max_iter: int = 20) -> ShapePrior:
+    """Cohort shape prior from the most self-consistent `keep_fraction` of the non-empty masks.
+
+    Iterate: mean of the kept masks -> score of every mask against its majority shape -> keep the
+    top fraction -> repeat until the kept set stops changing. Trimming to the self-consistent part
+    makes the prior robust to the failures it is meant to catch, without any labels.
+    Streams: keeps each mask only as 3 x grid^2 bits plus a few floats."""
+    if not 0 < keep_fraction <= 1:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    packed, feats = [], []
+    for m in _as_masks(masks):
+        if m.any():
+            packed.append(np.packbits(shape_codes(m, grid).ravel()))
+            feats.append([geometry_features(m)[k] for k in GEOMETRY])
+    if not packed:
+        raise ValueError("cannot build a shape prior: every mask is empty")
+    cells = grid * grid
+    x = np.unpackbits(np.stack(packed), axis=1, count=3 * cells).astype(bool).reshape(-1, 3, cells)
+    n_keep = max(1, int(np.ceil(keep_fraction * len(x))))
+    keep = np.ones(len(x), bool)
+    for _ in range(max_iter):
+        typical = x[keep].mean(axis=0) >= 0.5
+        _, score = _combine(_iou(x, typical[None]))
+        new_keep = np.zeros(len(x), bool)
+        new_keep[np.argsort(-score, kind="stable")[:n_keep]] = True
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    f = np.asarray(feats, dtype=float)[keep]
+    median = np.median(f, axis=0)
+    scale = np.maximum(MAD_TO_SD * np.median(np.abs(f - median), axis=0), MIN_SCALE)
+    return ShapePrior(maps=x[keep].mean(axis=0).reshape(3, grid, grid).astype(np.float32),
+                      median=dict(zip(GEOMETRY, map(float, median))),
+                      scale=dict(zip(GEOMETRY, map(float, scale))),
+                      n_masks=len(x), n_kept=int(keep.sum()))
+
+
+def save_prior(prior: ShapePrior, path: Path | str) -> None:
+    from lungssl.storage import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:  # a file handle: np.savez would append ".npz" to a bare path
+            np.savez(fh, maps=prior.maps, features=np.array(GEOMETRY),
+                     median=np.array([prior.median[k] for k in GEOMETRY]),
+                     scale=np.array([prior.scale[k] for k in GEOMETRY]),
+                     counts=np.array([prior.n_masks, prior.n_kept]))
+
+
+def load_prior(path: Path | str) -> ShapePrior:
+    with np.load(path) as z:
+        names = [str(k) for k in z["features"]]
+        if sorted(names) != sorted(GEOMETRY):
+            raise ValueError(f"{path}: prior features {names} do not match this version's {list(GEOMETRY)}")
+        return ShapePrior(maps=z["maps"].astype(np.float32),
+                          median=dict(zip(names, map(float, z["median"]))),
+                          scale=dict(zip(names, map(float, z["scale"]))),
+                          n_masks=int(z["counts"][0]), n_kept=int(z["counts"][1]))
+
+
+def prior_ious(mask: np.ndarray, prior: ShapePrior) -> np.ndarray:
+    """IoU of the pair, left and right lung with the prior's typical shapes (3 values)."""
+    codes = shape_codes(mask, prior.grid).reshape(3, -1)
+    return _iou(codes, prior.binary.reshape(3, -1))
+
+
+def z_gate(max_abs_z: float, params: QCParams) -> float:
+    """1 while the worst feature is within z_soft robust SDs of the cohort, 0 from z_hard on."""
+    return float(np.clip((params.z_hard - max_abs_z) / (params.z_hard - params.z_soft), 0.0, 1.0))
+
+
+def cohort_scores(mask: np.ndarray, prior: ShapePrior, params: QCParams) -> dict[str, float]:
+    geo = geometry_features(mask)
+    ious = prior_ious(mask, prior)
+    lung, q_prior = _combine(ious)
+    # An empty mask has nothing to judge: infinitely far from the cohort.
+    max_z = float(max(abs(z) for z in prior.z_scores(geo).values())) if mask.any() else float("inf")
+    gate = z_gate(max_z, params)
+    score = float(q_prior) * gate
+    return {**{f"f_{k}": v for k, v in geo.items()}, "f_prior_iou": float(ious[0]), "f_lung_iou": float(lung),
+            "f_max_abs_z": max_z, "q_prior": float(q_prior), "q_gate": gate,
+            "qc_outlier": bool(max_z > params.z_soft),
+            "qc_score": score, "qc_pass": bool(score >= params.cohort_threshold)}

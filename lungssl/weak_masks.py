@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass, fields
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.segmentation import clear_border
+from skimage.segmentation import clear_border, watershed
 
 REFERENCE_SIDE = 256
 
 
 @dataclass(frozen=True)
 class WeakMaskParams:
+    method: str = "pair"  # "baseline" (single Otsu level) or "pair" (threshold sweep + lung-pair choice)
     clahe_clip: float = 2.0
     clahe_tiles: int = 8
     blur_px: int = 5
@@ -33,14 +34,34 @@ class WeakMaskParams:
     morph_px: int = 13
     min_object_fraction: float = 0.005
     keep_largest: int = 2
+    # --- "pair" method (sizes in px at a 256 px side, everything else fractions) ---
+    pair_percentiles: tuple[float, ...] = (10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60)  # of the central film
+    pair_padding_tolerance: int = 8  # grey-level range below which an edge row/column is padding
+    pair_midline_search: float = 0.2  # midline searched within +-this fraction of the film width
+    pair_border_px: int = 4  # a lung stays this far from the film's side edges
+    pair_min_lung_fraction: float = 0.01  # of the film area
+    pair_max_midline_offset: float = 0.4  # lung centre to midline, fraction of film width
+    pair_max_medial_gap: float = 0.2  # lung's inner edge to midline, fraction of film width
+    pair_same_level: bool = True  # False: each lung may take its own level of the sweep
+    pair_area_range: tuple[float, float] = (0.08, 0.45)  # both lungs together, fraction of film area
+    pair_full_fill: float = 0.6  # share of its bounding box a whole lung fills
+    pair_max_cross: float = 0.1  # lung overlap across the midline (fraction of width) that scores 0
+    pair_marker_erode_px: int = 4
+    pair_marker_dilate_px: int = 14
+    pair_smooth_px: int = 11
 
     @classmethod
     def from_config(cls, cfg: dict) -> "WeakMaskParams":
         known = {f.name for f in fields(cls)}
-        unknown = set(cfg) - known - {"method"}
+        unknown = set(cfg) - known
         if unknown:
             raise ValueError(f"unknown weak-mask parameter(s): {', '.join(sorted(unknown))}")
-        return cls(**{k: (str(v) if k == "threshold" else v) for k, v in cfg.items() if k in known})
+        values = {k: (str(v) if k == "threshold" else v) for k, v in cfg.items()}
+        # YAML gives lists; tuples keep the params hashable and immutable.
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
+        if values.get("method", "baseline") not in METHODS:
+            raise ValueError(f"unknown weak-mask method {values['method']!r}; choose one of {sorted(METHODS)}")
+        return cls(**values)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -114,10 +135,14 @@ def keep_largest_objects(mask: np.ndarray, keep: int, min_fraction: float) -> np
     return np.isin(labels, big)
 
 
-def weak_mask(image: np.ndarray, params: WeakMaskParams = WeakMaskParams()) -> np.ndarray:
-    """uint8 gray image (H x W) -> bool lung mask (H x W)."""
+def _check_image(image: np.ndarray) -> None:
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"weak_mask needs a 2-D uint8 image, got {image.dtype} {image.shape}")
+
+
+def baseline_mask(image: np.ndarray, params: WeakMaskParams = WeakMaskParams()) -> np.ndarray:
+    """The baseline recipe: uint8 gray image (H x W) -> bool lung mask (H x W)."""
+    _check_image(image)
     x = equalize(image, params.clahe_clip, params.clahe_tiles)
     x = blur(x, params.blur_px)
     x = suppress_ribs(x, params.rib_px)
@@ -130,6 +155,225 @@ def weak_mask(image: np.ndarray, params: WeakMaskParams = WeakMaskParams()) -> n
     m = remove_border_objects(m, params.border_buffer_px)
     m = close_and_fill(m, params.morph_px)
     return keep_largest_objects(m, params.keep_largest, params.min_object_fraction)
+
+
+# ---------------------------------------------------------------- the "pair" method
+# Instead of one global level, sweep a few levels and keep the one at which the largest plausible
+# dark component on each side of the midline looks most like a left/right lung pair; then snap
+# the boundary to the image edges with a marker-based watershed, and smooth each lung.
+# normalise -> find_film -> find_midline -> best_pair (sweep_levels, side_candidates, pair_score)
+# -> refine_watershed -> smooth_lungs.
+
+_LEFT, _RIGHT = 1, 2  # labels in image coordinates: 1 = left half of the image, 2 = right half
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The lung candidate of one side at one threshold level (cheap statistics only)."""
+
+    level: int
+    label: int
+    area: int
+    left: int
+    top: int
+    width: int
+    height: int
+    cx: float
+
+    @property
+    def fill(self) -> float:
+        return self.area / max(1, self.width * self.height)
+
+
+def normalise(image: np.ndarray, params: WeakMaskParams) -> np.ndarray:
+    # CLAHE evens out exposure between devices; the blur removes noise and fine lung texture
+    # so that a threshold gives solid lung components rather than speckle.
+    return blur(equalize(image, params.clahe_clip, params.clahe_tiles), params.blur_px)
+
+
+def find_film(image: np.ndarray, tolerance: int = 8) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the exposed film: the box left after cutting uniform padding."""
+    # Scanned or exported films are often framed by black (or white) padding; it is not image
+    # content, and the edge of the film plays the role of the image border.
+    rows = np.flatnonzero(np.ptp(image, axis=1) > tolerance)
+    cols = np.flatnonzero(np.ptp(image, axis=0) > tolerance)
+    if len(rows) < image.shape[0] // 4 or len(cols) < image.shape[1] // 4:
+        return 0, image.shape[0], 0, image.shape[1]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def find_midline(x: np.ndarray, film: tuple[int, int, int, int], search: float = 0.2) -> int:
+    """Column of the bright mediastinum/spine: the brightest column near the film centre."""
+    # Both lungs are dark and the mediastinum between them is bright, so the (smoothed) column
+    # mean of the chest rows peaks at the midline; searching only the central band keeps the
+    # bright body edges and arms out.
+    top, bottom, left, right = film
+    h, w = bottom - top, right - left
+    profile = x[top + h // 5: top + 4 * h // 5, left:right].mean(axis=0)
+    k = max(1, w // 32)
+    profile = np.convolve(profile, np.ones(k) / k, mode="same")
+    lo, hi = int(w * (0.5 - search)), int(w * (0.5 + search)) + 1
+    band = profile[lo:hi]
+    # The mediastinum is a flat-topped band: take the centre of the plateau around the peak,
+    # not its first column.
+    peak = int(np.argmax(band))
+    plateau = band >= band[peak] - 0.5
+    start, stop = peak, peak
+    while start > 0 and plateau[start - 1]:
+        start -= 1
+    while stop < len(band) - 1 and plateau[stop + 1]:
+        stop += 1
+    return left + lo + (start + stop) // 2
+
+
+def sweep_levels(x: np.ndarray, film: tuple[int, int, int, int], percentiles: tuple[float, ...]) -> list[int]:
+    # Levels are percentiles of the central film (mostly chest), not fixed grey values: the share
+    # of the chest taken by lung is far more stable between hospitals than its grey level.
+    top, bottom, left, right = film
+    dh, dw = (bottom - top) // 10, (right - left) // 10
+    values = x[top + dh: bottom - dh, left + dw: right - dw]
+    return sorted({int(v) for v in np.percentile(values, percentiles)})
+
+
+def side_candidates(x: np.ndarray, level: int, film: tuple[int, int, int, int], midline: int,
+                    params: WeakMaskParams) -> tuple[np.ndarray, Candidate | None, Candidate | None]:
+    """Labels of the dark components at `level`, and the largest plausible one on each side."""
+    top, bottom, left_edge, right_edge = film
+    h, w = bottom - top, right_edge - left_edge
+    n, labels, stats, cents = cv2.connectedComponentsWithStats((x <= level).astype(np.uint8), connectivity=4)
+    left, ctop, cw, ch, area = (stats[:, i] for i in range(5))
+    b = _px(params.pair_border_px, x.shape[0])
+    ok = area >= params.pair_min_lung_fraction * h * w
+    # Outside air, arm-to-chest air and padding reach the side edges of the film; a PA film is
+    # collimated to include the whole chest width, so a lung never does (it may be cut at the
+    # top or bottom, so those edges are allowed).
+    ok &= (left >= left_edge + b) & (left + cw <= right_edge - b)
+    # A lung borders the mediastinum: its centre is not far out, and its medial edge is near the
+    # midline; arm gaps and skin folds lie far lateral.
+    ok &= np.abs(cents[:, 0] - midline) <= params.pair_max_midline_offset * w
+    medial_gap = np.where(cents[:, 0] < midline, midline - (left + cw), left - midline)
+    ok &= medial_gap <= params.pair_max_medial_gap * w
+    ok[0] = False
+    # The lung of each side is the largest remaining component whose centre is on that side.
+    picks = []
+    for on_side in (cents[:, 0] < midline, cents[:, 0] >= midline):
+        idx = np.flatnonzero(ok & on_side)
+        if len(idx) == 0:
+            picks.append(None)
+            continue
+        i = int(idx[np.argmax(area[idx])])
+        picks.append(Candidate(level, i, int(area[i]), int(left[i]), int(ctop[i]), int(cw[i]), int(ch[i]),
+                               float(cents[i, 0])))
+    return labels, picks[0], picks[1]
+
+
+def pair_score(a: Candidate | None, b: Candidate | None, midline: int, film: tuple[int, int, int, int],
+               params: WeakMaskParams) -> float:
+    """How much two components look like a left/right lung pair (0 = not at all, larger = better)."""
+    if a is None or b is None:
+        return 0.0
+    h, w = film[1] - film[0], film[3] - film[2]
+    total = (a.area + b.area) / (h * w)
+    if not params.pair_area_range[0] <= total <= params.pair_area_range[1]:
+        return 0.0
+    # Two lungs have similar size and height, and each fills its bounding box well; a lung that
+    # has leaked into the abdomen, the trachea or the other side loses on all three counts.
+    size = min(a.area, b.area) / max(a.area, b.area)
+    height = min(a.height, b.height) / max(a.height, b.height)
+    fill = min(1.0, min(a.fill, b.fill) / params.pair_full_fill)
+    # A lung stays on its own side of the midline.
+    cross = max(0, a.left + a.width - midline) + max(0, midline - b.left)
+    side = max(0.0, 1.0 - cross / (params.pair_max_cross * w))
+    # Among equally plausible pairs prefer the larger: the lungs grow with the level until they leak.
+    return float(np.sqrt(size) * height * fill * side * total)
+
+
+def best_pair(x: np.ndarray, film: tuple[int, int, int, int], midline: int, params: WeakMaskParams) -> np.ndarray:
+    """Label image (0 / 1 left / 2 right) of the most plausible lung pair over the threshold sweep."""
+    sweep = [side_candidates(x, lv, film, midline, params) for lv in sweep_levels(x, film, params.pair_percentiles)]
+    # By default both lungs share one level (the pair is judged as a whole); with
+    # pair_same_level=False each side may take its own, for a lung darker or more diseased than
+    # the other - it rescues some lopsided films but lets mismatched leaks pair up more easily.
+    best, choice = 0.0, None
+    for i, (_, a, _) in enumerate(sweep):
+        for j, (_, _, b) in enumerate(sweep):
+            if params.pair_same_level and i != j:
+                continue
+            s = pair_score(a, b, midline, film, params)
+            if s > best:
+                best, choice = s, (i, j)
+    out = np.zeros(x.shape, np.int8)
+    if choice is not None:
+        i, j = choice
+        out[sweep[i][0] == sweep[i][1].label] = _LEFT
+        out[(sweep[j][0] == sweep[j][2].label) & (out == 0)] = _RIGHT
+    return out
+
+
+def refine_watershed(x: np.ndarray, lungs: np.ndarray, erode_px: int, dilate_px: int) -> np.ndarray:
+    """Snap a rough lung label image to the nearest strong edges with a marker-based watershed."""
+    # Markers: the eroded lungs are surely lung, far outside the dilated lungs is surely not;
+    # the band between goes to whichever marker it reaches across the weakest edges. OpenCV's
+    # watershed floods by the grey-level step between neighbours, i.e. on the gradient image.
+    if not lungs.any():
+        return lungs
+    side = x.shape[0]
+    markers = np.zeros(x.shape, np.int32)
+    er, di = _disk(_px(erode_px, side)), _disk(_px(dilate_px, side))
+    for lab in (_LEFT, _RIGHT):
+        m = (lungs == lab).astype(np.uint8)
+        core = cv2.erode(m, er)
+        markers[(core if core.any() else m) > 0] = lab
+    markers[cv2.dilate((lungs > 0).astype(np.uint8), di) == 0] = 3
+    cv2.watershed(cv2.cvtColor(x, cv2.COLOR_GRAY2BGR), markers)
+    out = np.where((markers == _LEFT) | (markers == _RIGHT), markers, 0)
+    # The one-pixel watershed lines (-1) on each lung outline go back to the lung via a 3x3 closing.
+    return cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)).astype(np.int8)
+
+
+def smooth_lungs(lungs: np.ndarray, px: int) -> np.ndarray:
+    """One solid, smooth component per lung: largest piece, holes filled, notches closed."""
+    # Vessels, nodules and consolidation leave holes and bays in a threshold mask; a lung is a
+    # single simply connected region with a smooth outline.
+    out = np.zeros(lungs.shape, np.uint8)
+    k = _disk(max(1, _px(px, lungs.shape[0]) // 2))
+    for lab in (_LEFT, _RIGHT):
+        m = cv2.morphologyEx((lungs == lab).astype(np.uint8), cv2.MORPH_CLOSE, k)
+        m = cv2.morphologyEx(m, cv2.MORPH_OPEN, k)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if contours:
+            filled = np.zeros_like(m)
+            cv2.drawContours(filled, [max(contours, key=cv2.contourArea)], -1, 1, -1)
+            out[(filled > 0) & (out == 0)] = lab
+    return out.astype(np.int8)
+
+
+def weak_lungs(image: np.ndarray, params: WeakMaskParams = WeakMaskParams(method="pair")) -> np.ndarray:
+    """uint8 gray image (H x W) -> int8 label image: 0 background, 1 lung on the image's left, 2 right."""
+    _check_image(image)
+    x = normalise(image, params)
+    film = find_film(image, params.pair_padding_tolerance)
+    midline = find_midline(x, film, params.pair_midline_search)
+    lungs = best_pair(x, film, midline, params)
+    lungs = refine_watershed(x, lungs, params.pair_marker_erode_px, params.pair_marker_dilate_px)
+    return smooth_lungs(lungs, params.pair_smooth_px)
+
+
+def pair_mask(image: np.ndarray, params: WeakMaskParams = WeakMaskParams(method="pair")) -> np.ndarray:
+    """The "pair" method: uint8 gray image (H x W) -> bool lung mask (H x W)."""
+    return weak_lungs(image, params) > 0
+
+
+METHODS = {"baseline": baseline_mask, "pair": pair_mask}
+
+
+def weak_mask(image: np.ndarray, params: WeakMaskParams = WeakMaskParams()) -> np.ndarray:
+    """uint8 gray image (H x W) -> bool lung mask (H x W), by the method named in `params.method`."""
+    try:
+        method = METHODS[params.method]
+    except KeyError:
+        raise ValueError(f"unknown weak-mask method {params.method!r}; choose one of {sorted(METHODS)}") from None
+    return method(image, params)
 
 
 def weak_masks(images: np.ndarray, params: WeakMaskParams, progress: bool = False) -> np.ndarray:

@@ -1,22 +1,38 @@
-# Ground-truth masks are only ever read here, to measure; no training rule takes them.
+# Ground-truth masks are only ever read here (and by the supervised reference), to measure.
 
 
-rule evaluate_weak:
+rule evaluate:
     input:
-        pred=per_shard("results/weak/{shard}.npz"),
-        gt=per_shard("results/gt/{shard}.npz"),
-        qc="results/qc/weak.parquet",
+        unpack(eval_predictions),
     output:
-        table="results/eval/weak.parquet",
-        summary="results/eval/weak_summary.csv",
+        "results/eval/{stage}.parquet",
+    wildcard_constraints:
+        stage=r"weak|final|supervised|round_[0-9]+",
     log:
-        "logs/eval/weak.log",
+        "logs/eval/{stage}.log",
     threads: 1
     resources:
         mem_mb=shard_mem_mb(1000, 0.2),
-        runtime=10,
+        runtime=15,
     conda:
         "../envs/lungssl.yaml"
     shell:
-        "lungssl evaluate --pred {input.pred} --gt {input.gt} --qc {input.qc} --stage weak "
-        "--out {output.table} --summary {output.summary} > {log} 2>&1"
+        "lungssl evaluate --pred {input.pred} --gt {input.gt} --manifest {input.manifest} "
+        "--stage {wildcards.stage} $(test -n '{input.qc}' && echo --qc '{input.qc}') --out {output} > {log} 2>&1"
+
+
+rule eval_summary:
+    input:
+        lambda wildcards: expand("results/eval/{stage}.parquet", stage=evaluated_stages()),
+    output:
+        report("results/eval/summary.csv", caption="../report/eval_summary.rst", category="Evaluation"),
+    log:
+        "logs/eval/summary.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl eval-summary --inputs {input} --out {output} > {log} 2>&1"

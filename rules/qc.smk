@@ -1,11 +1,37 @@
+rule shape_prior:
+    input:
+        masks=per_shard("results/weak/{shard}.npz"),
+        code=PKG / "qc.py",
+    output:
+        QC_PRIOR,
+    params:
+        max_masks=CFG_QC["prior_max_masks"],
+        seed=config["seed"],
+    log:
+        "logs/qc/prior.log",
+    benchmark:
+        "results/benchmarks/qc_prior.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: int((1500 + CFG_QC["prior_max_masks"] * 0.002) * attempt),
+        runtime=20,
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl shape-prior --masks {input.masks} --max-masks {params.max_masks} --seed {params.seed} "
+        "--out {output} > {log} 2>&1"
+
+
 rule qc_weak:
     input:
         masks="results/weak/{shard}.npz",
+        prior=QC_PRIOR if USES_PRIOR else [],
         code=PKG / "qc.py",
     output:
         "results/qc/{shard}.parquet",
     params:
-        qc=json.dumps(config["qc"], sort_keys=True),
+        qc=json.dumps(CFG_QC, sort_keys=True),
+        prior=lambda wildcards, input: f"--prior {input.prior}" if input.prior else "",
     log:
         "logs/qc/{shard}.log",
     benchmark:
@@ -17,7 +43,7 @@ rule qc_weak:
     conda:
         "../envs/lungssl.yaml"
     shell:
-        "lungssl qc --masks {input.masks} --params {params.qc:q} --out {output} > {log} 2>&1"
+        "lungssl qc --masks {input.masks} {params.prior} --params {params.qc:q} --out {output} > {log} 2>&1"
 
 
 rule qc_weak_merge:
@@ -32,7 +58,7 @@ rule qc_weak_merge:
             category="Quality control",
         ),
     params:
-        threshold=config["qc"]["threshold"],
+        threshold=QC_THRESHOLD,
     log:
         "logs/qc/merge.log",
     threads: 1

@@ -48,3 +48,108 @@ def test_summary_counts():
 
     s = qc.summarize(pd.DataFrame({"qc_score": [0.9, 0.5], "qc_pass": [True, False]}), 0.8)
     assert s["n"] == 2 and s["n_pass"] == 1 and s["pass_rate"] == 0.5
+
+
+# ---------------------------------------------------------------- cohort-aware QC (shape prior)
+
+def _place(mask: np.ndarray, scale: float, dy: int, dx: int) -> np.ndarray:
+    """The mask's content resized by `scale` and moved by (dy, dx) on a same-size canvas."""
+    import cv2
+
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.uint8)
+    small = cv2.resize(crop, (round(crop.shape[1] * scale), round(crop.shape[0] * scale)),
+                       interpolation=cv2.INTER_NEAREST)
+    out = np.zeros_like(mask, dtype=bool)
+    y0 = (rows[0] + rows[-1] - small.shape[0]) // 2 + dy
+    x0 = (cols[0] + cols[-1] - small.shape[1]) // 2 + dx
+    out[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small > 0
+    return out
+
+
+@pytest.fixture
+def cohort(toy) -> list[np.ndarray]:
+    """A plausible cohort: the toy lung pair at slightly different scales and positions."""
+    _, truth = toy
+    return [_place(truth, s, dy, dx) for s, dy, dx in
+            [(1.0, 0, 0), (0.95, 3, -2), (1.05, -4, 3), (0.9, 5, 0), (1.0, -2, -3), (0.97, 0, 4)]]
+
+
+def test_prior_of_identical_masks_is_that_mask(toy):
+    _, truth = toy
+    prior = qc.build_shape_prior([truth] * 5, grid=32)
+    assert prior.maps.shape == (3, 32, 32) and prior.n_masks == 5
+    assert set(np.unique(prior.maps)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(prior.binary, qc.shape_codes(truth, 32))
+    assert qc.prior_ious(truth, prior) == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_prior_streams_over_shards_and_skips_empty_masks(cohort):
+    empty = np.zeros_like(cohort[0])
+    flat = qc.build_shape_prior(cohort)
+    shards = qc.build_shape_prior([np.stack(cohort[:4] + [empty]), np.stack(cohort[4:])])
+    np.testing.assert_array_equal(flat.maps, shards.maps)
+    assert shards.n_masks == len(cohort) and flat.median == shards.median
+    with pytest.raises(ValueError, match="every mask is empty"):
+        qc.build_shape_prior([empty, empty])
+
+
+def test_shifted_and_scaled_copy_scores_high(cohort, toy):
+    prior = qc.build_shape_prior(cohort)
+    # Bounding-box normalisation removes position and scale from the shape term ...
+    far = qc.cohort_scores(_place(toy[1], 0.6, 30, -25), prior, qc.QCParams())
+    assert far["q_prior"] > 0.9
+    # ... and a copy within the cohort's spread of placement and size passes outright.
+    near = qc.cohort_scores(_place(toy[1], 0.95, 4, -3), prior, qc.QCParams())
+    assert near["q_prior"] > 0.9 and near["qc_pass"] and not near["qc_outlier"]
+
+
+def test_single_blob_and_half_mask_score_low(cohort):
+    prior = qc.build_shape_prior(cohort)
+    blob = np.zeros_like(cohort[0])
+    blob[40:200, 60:200] = True
+    half = cohort[0].copy()
+    half[:, 128:] = False  # one lung missing
+    for bad in (blob, half):
+        scored = qc.cohort_scores(bad, prior, qc.QCParams())
+        assert scored["q_prior"] < 0.6 and not scored["qc_pass"]
+    empty = qc.cohort_scores(np.zeros_like(blob), prior, qc.QCParams())
+    assert empty["qc_score"] == 0 and empty["qc_outlier"] and not empty["qc_pass"]
+
+
+def test_z_gate_flags_gross_outlier(cohort, toy):
+    prior = qc.build_shape_prior(cohort)
+    tiny = _place(toy[1], 0.4, 0, 0)  # right shape, far too small: only the z-scores can tell
+    scored = qc.cohort_scores(tiny, prior, qc.QCParams())
+    assert scored["q_prior"] > 0.8
+    assert scored["qc_outlier"] and scored["q_gate"] == 0 and not scored["qc_pass"]
+    assert qc.z_gate(1.0, qc.QCParams()) == 1.0 and qc.z_gate(5.0, qc.QCParams()) == pytest.approx(0.5)
+
+
+def test_save_load_prior_round_trip(cohort, tmp_path):
+    prior = qc.build_shape_prior(cohort, grid=32)
+    path = tmp_path / "sub" / "prior.npz"
+    qc.save_prior(prior, path)
+    back = qc.load_prior(path)
+    assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # atomic: no temp file left behind
+    np.testing.assert_array_equal(back.maps, prior.maps)
+    assert back.median == prior.median and back.scale == prior.scale
+    assert (back.n_masks, back.n_kept, back.grid) == (prior.n_masks, prior.n_kept, 32)
+
+
+def test_qc_table_with_prior_has_cohort_columns(cohort):
+    prior = qc.build_shape_prior(cohort)
+    masks = np.stack([cohort[0], np.zeros_like(cohort[0])])
+    plain = qc.qc_table(["a", "b"], masks, qc.QCParams())
+    table = qc.qc_table(["a", "b"], masks, qc.QCParams(), prior=prior)
+    assert set(qc.COHORT_COLUMNS).isdisjoint(plain.columns)
+    assert set(plain.columns) <= set(table.columns) and set(qc.COHORT_COLUMNS) <= set(table.columns)
+    assert list(table["qc_pass"]) == [True, False]
+    assert table["qc_score"].between(0, 1).all() and table["q_prior"].between(0, 1).all()
+
+
+def test_params_from_config_reads_cohort_knobs():
+    p = qc.QCParams.from_config({"z_soft": 2, "z_hard": 3, "cohort_threshold": 0.7})
+    assert (p.z_soft, p.z_hard, p.cohort_threshold) == (2.0, 3.0, 0.7)
+    with pytest.raises(ValueError, match="z_soft"):
+        qc.QCParams.from_config({"z_soft": 4, "z_hard": 3})

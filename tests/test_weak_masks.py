@@ -76,3 +76,136 @@ def test_weak_masks_stack(toy):
     image, _ = toy
     out = wm.weak_masks(np.stack([image, image]), wm.WeakMaskParams())
     assert out.shape == (2, *image.shape) and np.array_equal(out[0], out[1])
+
+
+# ---------------------------------------------------------------- the "pair" method
+
+PAIR = wm.WeakMaskParams(method="pair")
+
+
+def test_pair_method_finds_toy_lungs_left_and_right(toy):
+    image, truth = toy
+    lungs = wm.weak_lungs(image, PAIR)
+    assert lungs.dtype == np.int8 and set(np.unique(lungs)) == {0, 1, 2}
+    assert (lungs[:, :128] != 2).all() and (lungs[:, 128:] != 1).all()
+    assert dice(lungs > 0, truth) > 0.85
+
+
+def test_pair_method_scales_with_resolution():
+    from tests.conftest import toy_radiograph
+
+    image, truth = toy_radiograph(size=512)
+    assert dice(wm.weak_mask(image, PAIR), truth) > 0.85
+
+
+def test_pair_method_blank_image_gives_empty_mask():
+    assert not wm.weak_mask(np.full((128, 128), 90, np.uint8), PAIR).any()
+
+
+def test_pair_method_rejects_wrong_input():
+    with pytest.raises(ValueError, match="2-D uint8"):
+        wm.weak_mask(np.zeros((64, 64, 3), np.uint8), PAIR)
+
+
+def test_find_midline_on_symmetric_toy_image():
+    img = np.full((256, 256), 60, np.uint8)
+    img[:, 118:139] = 200  # bright mediastinum centred on column 128
+    assert abs(wm.find_midline(img, (0, 256, 0, 256)) - 128) <= 2
+    img = np.roll(img, -20, axis=1)  # patient off centre
+    assert abs(wm.find_midline(img, (0, 256, 0, 256)) - 108) <= 2
+
+
+def test_find_film_cuts_uniform_padding():
+    img = np.zeros((256, 256), np.uint8)
+    img[20:200, 30:220] = np.random.default_rng(0).integers(50, 200, (180, 190))
+    assert wm.find_film(img) == (20, 200, 30, 220)
+    assert wm.find_film(np.zeros((64, 64), np.uint8)) == (0, 64, 0, 64)  # no content: whole image
+
+
+def _cand(left: int, width: int, height: int, area: int, top: int = 40) -> wm.Candidate:
+    return wm.Candidate(level=0, label=1, area=area, left=left, top=top, width=width, height=height,
+                        cx=left + width / 2)
+
+
+def test_pair_score_prefers_left_right_pair_over_single_blob():
+    film, mid = (0, 256, 0, 256), 128
+    a, b = _cand(40, 70, 150, 7000), _cand(146, 70, 150, 7000)
+    pair = wm.pair_score(a, b, mid, film, PAIR)
+    assert pair > 0
+    assert wm.pair_score(a, None, mid, film, PAIR) == 0.0  # one blob is not a pair
+    lopsided = wm.pair_score(a, _cand(146, 40, 60, 1800), mid, film, PAIR)
+    assert lopsided < pair
+    crossing = wm.pair_score(_cand(40, 120, 150, 7000), b, mid, film, PAIR)  # left lung over the midline
+    assert crossing < pair
+
+
+def test_side_candidates_reject_border_touching_component():
+    x = np.full((256, 256), 200, np.uint8)
+    x[40:220, 2:60] = 20  # outside air along the left film edge, bigger and darker than the lung
+    x[60:200, 70:115] = 40  # left lung
+    x[60:200, 141:186] = 40  # right lung
+    labels, a, b = wm.side_candidates(x, 50, (0, 256, 0, 256), 128, PAIR)
+    assert a is not None and b is not None
+    assert a.left == 70 and b.left == 141
+    assert labels[100, 30] != a.label
+
+
+def test_side_candidates_reject_far_lateral_component():
+    x = np.full((256, 256), 200, np.uint8)
+    x[60:200, 10:40] = 40  # lateral dark fold, not touching the edge but far from the midline
+    labels, a, _ = wm.side_candidates(x, 50, (0, 256, 0, 256), 128, PAIR)
+    assert a is None
+
+
+def test_best_pair_labels_both_lungs(toy):
+    image, truth = toy
+    x = wm.normalise(image, PAIR)
+    lungs = wm.best_pair(x, (0, 256, 0, 256), wm.find_midline(x, (0, 256, 0, 256)), PAIR)
+    assert (lungs == 1).any() and (lungs == 2).any()
+    assert dice(lungs > 0, truth) > 0.6
+
+
+def test_refine_watershed_keeps_mask_near_markers(toy):
+    import cv2
+
+    image, truth = toy
+    x = wm.normalise(image, PAIR)
+    rough = cv2.erode(truth.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(np.int8)
+    rough[:, 128:] *= 2  # right lung gets label 2
+    out = wm.refine_watershed(x, rough, 4, 14)
+    assert dice(out > 0, truth) > dice(rough > 0, truth)
+    near = cv2.dilate((rough > 0).astype(np.uint8), np.ones((31, 31), np.uint8)) > 0
+    assert not (out > 0)[~near].any()  # nothing beyond the dilated markers
+    assert (out[rough == 1] == 1).mean() > 0.95 and (out[rough == 2] == 2).mean() > 0.95
+    assert not wm.refine_watershed(x, np.zeros_like(rough), 4, 14).any()
+
+
+def test_smooth_lungs_fills_holes_and_drops_specks():
+    lungs = np.zeros((256, 256), np.int8)
+    lungs[50:200, 50:110] = 1
+    lungs[100:110, 70:80] = 0  # a vessel hole
+    lungs[10:14, 10:14] = 1  # a speck
+    lungs[50:200, 146:206] = 2
+    out = wm.smooth_lungs(lungs, 11)
+    assert out[105, 75] == 1 and out[12, 12] == 0 and out[120, 170] == 2
+
+
+def test_dispatcher_picks_the_method(toy):
+    image, _ = toy
+    assert np.array_equal(wm.weak_mask(image), wm.pair_mask(image, wm.WeakMaskParams()))
+    assert np.array_equal(wm.weak_mask(image, PAIR), wm.pair_mask(image, PAIR))
+    base = wm.weak_mask(image, wm.WeakMaskParams.from_config({"method": "baseline"}))
+    assert np.array_equal(base, wm.baseline_mask(image))
+
+
+def test_unknown_method_raises():
+    with pytest.raises(ValueError, match="unknown weak-mask method"):
+        wm.weak_mask(np.zeros((64, 64), np.uint8), wm.WeakMaskParams(method="nope"))
+    with pytest.raises(ValueError, match="unknown weak-mask method"):
+        wm.WeakMaskParams.from_config({"method": "nope"})
+
+
+def test_params_from_config_accepts_pair_parameters():
+    p = wm.WeakMaskParams.from_config({"method": "pair", "pair_percentiles": [20, 40], "pair_marker_dilate_px": 10})
+    assert p.method == "pair" and p.pair_percentiles == (20, 40) and p.pair_marker_dilate_px == 10
+    assert wm.WeakMaskParams().method == "pair"  # the most accurate method is the default

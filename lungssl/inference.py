@@ -1,0 +1,134 @@
+"""Inference: a trained model turns images into lung probabilities and masks.
+
+Used by the self-learning rounds (one shard stack at a time) and by `lungssl predict` (any folder).
+Flip test-time augmentation averages the prediction of the image and its mirror; the agreement
+between the two is a label-free confidence signal.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from lungssl.modeling import normalise
+
+
+def _batch_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    resized = [cv2.resize(np.asarray(im), (size, size), interpolation=cv2.INTER_AREA) if im.shape[0] != size
+               else np.asarray(im) for im in images]
+    x = torch.from_numpy(np.stack([normalise(im) for im in resized]))[:, None]
+    x = x.to(device)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+@torch.inference_mode()
+def predict_probs(model: torch.nn.Module, images: np.ndarray, size: int, device: torch.device,
+                  batch_size: int = 32, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(N x H x W uint8) -> (probabilities N x size x size float32, TTA agreement Dice per image)."""
+    model.eval()
+    probs, agree = [], []
+    amp = device.type == "cuda"
+    for start in range(0, len(images), batch_size):
+        x = _batch_tensor(images[start:start + batch_size], size, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            p = torch.sigmoid(model(x).float())
+            if tta:
+                p_flip = torch.sigmoid(model(torch.flip(x, dims=[3])).float()).flip(dims=[3])
+                agree.append(_dice_batch(p > 0.5, p_flip > 0.5))
+                p = (p + p_flip) / 2
+            else:
+                agree.append(torch.full((len(x),), float("nan"), device=device))
+        probs.append(p[:, 0].float().cpu().numpy())
+    if not probs:
+        return np.zeros((0, size, size), np.float32), np.zeros(0, np.float32)
+    return np.concatenate(probs), torch.cat(agree).cpu().numpy()
+
+
+def _dice_batch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.flatten(1).float(), b.flatten(1).float()
+    total = a.sum(1) + b.sum(1)
+    return torch.where(total > 0, 2 * (a * b).sum(1) / total.clamp(min=1), torch.ones_like(total))
+
+
+def to_mask(prob: np.ndarray, height: int, width: int, threshold: float = 0.5) -> np.ndarray:
+    """Probability map at the model size -> bool mask at (height, width)."""
+    if prob.shape != (height, width):
+        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+    return prob >= threshold
+
+
+def clean_mask(mask: np.ndarray) -> np.ndarray:
+    """Keep the two largest objects and fill holes: the lungs, without specks."""
+    from scipy import ndimage as ndi
+
+    from lungssl.weak_masks import keep_largest_objects
+
+    return ndi.binary_fill_holes(keep_largest_objects(mask, 2, 0.005))
+
+
+def draw_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Gray image with the mask outline in green, for a person to check at a glance."""
+    rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(rgb, contours, -1, (0, 220, 0), max(1, image.shape[0] // 256))
+    return rgb
+
+
+def _output_stem(path, roots, out_dir, used: set):
+    from pathlib import Path
+
+    for root in roots:
+        if root.is_dir() and Path(path).is_relative_to(root):
+            rel = Path(path).relative_to(root)
+            stem = out_dir / rel.parent / rel.stem
+            break
+    else:
+        stem = out_dir / Path(path).stem
+    if stem in used:  # a.png next to a.jpg: keep both
+        stem = stem.with_name(f"{stem.name}.{Path(path).suffix.lstrip('.')}")
+    used.add(stem)
+    return stem
+
+
+def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: str = "auto",
+                   batch_size: int = 16, progress: bool | None = None) -> tuple[int, list[tuple[str, str]]]:
+    """Masks (0/255 PNG, each at its input's size) for folders and files; returns (written, rejected)."""
+    import sys
+
+    import pandas as pd
+    from tqdm import tqdm
+
+    from lungssl.ingest import find_files
+    from lungssl.loader import ImageReadError, read_image
+    from lungssl.modeling import load_model, pick_device
+    from lungssl.storage import write_png
+
+    dev = pick_device(device)
+    model, spec, _ = load_model(model_path, dev)
+    files = [f for p in inputs for f in (find_files(p) if p.is_dir() else [p])]
+    if not files:
+        raise ValueError(f"no X-ray images found in {', '.join(map(str, inputs))}")
+    rejected, used, written = [], set(), 0
+    bar = tqdm(total=len(files), unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
+    for start in range(0, len(files), batch_size):
+        batch = []
+        for path in files[start:start + batch_size]:
+            try:
+                batch.append((path, read_image(path).pixels))
+            except ImageReadError as err:
+                rejected.append((str(path), str(err)))
+        if batch:
+            probs, _ = predict_probs(model, [px for _, px in batch], spec.size, dev, batch_size)
+            for (path, px), prob in zip(batch, probs):
+                mask = clean_mask(to_mask(prob, *px.shape))
+                stem = _output_stem(path, inputs, out_dir, used)
+                write_png(stem.with_name(stem.name + ".png"), mask.astype(np.uint8) * 255)
+                if overlay:
+                    write_png(stem.with_name(stem.name + "_overlay.png"), draw_overlay(px, mask))
+                written += 1
+        bar.update(len(files[start:start + batch_size]))
+    bar.close()
+    if rejected:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rejected, columns=["path", "reason"]).to_csv(out_dir / "rejected.csv", index=False)
+    return written, rejected

@@ -1,0 +1,276 @@
+"""Training: one module for every model of the pipeline (early learning, rounds, final, supervised).
+
+Images stream from the per-shard memory-mapped stacks and targets are held bit-packed, so memory
+is set by the batch size (plus 1/8 byte per target pixel), not by the data set.
+A training job saves its state each epoch; rerun after a kill, it resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lungssl.early_stop import slope_ratio
+from lungssl.ingest import resize_image, resize_mask
+from lungssl.modeling import ModelSpec, build_model, load_model, normalise, pick_device, save_model
+from lungssl.storage import atomic_path, read_image_stack, read_mask_stack
+
+log = logging.getLogger("lungssl.training")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 30               # upper bound; the early-learning stop usually ends sooner
+    min_epochs: int = 3
+    early_stop: bool = True        # stop at the elbow of the training-Dice curve (ADELE rule)
+    slope_fraction: float = 0.1    # ... when its fitted slope falls below this share of the initial slope
+    batch_size: int = 32
+    lr: float = 1e-4
+    bce_weight: float = 0.0        # 0: Dice loss alone; >0 adds BCE
+    qc_weight: bool = False        # weight each image's loss by its QC score
+    hflip: bool = False
+    shift: float = 0.05
+    scale: float = 0.1
+    rotate: float = 5.0
+    brightness_contrast: float = 0.2
+    num_workers: int = 0
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "TrainParams":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(cfg) - known
+        if unknown:
+            raise ValueError(f"unknown training parameter(s): {', '.join(sorted(unknown))}")
+        return cls(**cfg)
+
+
+@dataclass
+class TrainingSet:
+    """Which images to train on, where their pixels live, and their targets (bit-packed)."""
+    table: pd.DataFrame            # image_id, shard, row, weight
+    stacks: dict[str, Path]        # shard -> image stack (.npy)
+    packed: dict[str, np.ndarray] = field(default_factory=dict)
+    size: int = 256
+
+
+def collect_targets(manifest: pd.DataFrame, image_stacks: dict[str, Path], mask_files: list[Path],
+                    split: str, size: int, qc: pd.DataFrame | None = None, passed_only: bool = True) -> TrainingSet:
+    """Targets for `split`: masks from mask_files, kept only where QC passed (if a QC table is given)."""
+    rows = manifest[manifest["split"] == split][["image_id", "shard", "row"]].copy()
+    rows["weight"] = 1.0
+    if qc is not None:
+        rows = rows.merge(qc[["image_id", "qc_score", "qc_pass"]], on="image_id", how="inner")
+        if passed_only:
+            rows = rows[rows["qc_pass"].astype(bool)]
+        rows["weight"] = rows["qc_score"].astype(float)
+    wanted = set(rows["image_id"])
+    packed = {}
+    for path in mask_files:
+        ids, masks = read_mask_stack(path)
+        packed.update({iid: np.packbits(m) for iid, m in zip(ids, masks) if iid in wanted})
+    rows = rows[rows["image_id"].isin(packed)].sort_values("image_id").reset_index(drop=True)
+    return TrainingSet(table=rows[["image_id", "shard", "row", "weight"]], stacks=image_stacks,
+                       packed=packed, size=size)
+
+
+def build_augment(p: TrainParams, seed: int):
+    import albumentations as A
+    import cv2
+
+    steps = [A.HorizontalFlip(p=0.5)] if p.hflip else []
+    steps += [
+        A.Affine(translate_percent=(-p.shift, p.shift), scale=(1 - p.scale, 1 + p.scale),
+                 rotate=(-p.rotate, p.rotate), border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.8),
+        A.RandomBrightnessContrast(brightness_limit=p.brightness_contrast,
+                                   contrast_limit=p.brightness_contrast, p=0.8),
+    ]
+    return A.Compose(steps, seed=seed)
+
+
+class MaskDataset(Dataset):
+    def __init__(self, ts: TrainingSet, augment=None, seed: int = 0):
+        self.ts, self.augment, self.seed, self.epoch = ts, augment, seed, 0
+        self._stacks: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.ts.table)
+
+    def _image(self, shard: str, row: int) -> np.ndarray:
+        if shard not in self._stacks:  # opened lazily so that each worker maps its own
+            self._stacks[shard] = read_image_stack(self.ts.stacks[shard])
+        return np.asarray(self._stacks[shard][row])
+
+    def __getitem__(self, i: int):
+        rec = self.ts.table.iloc[i]
+        image = self._image(rec["shard"], int(rec["row"]))
+        n = image.shape[0]
+        mask = np.unpackbits(self.ts.packed[rec["image_id"]], count=n * n).reshape(n, n)
+        if n != self.ts.size:  # the model may train below the working resolution
+            image = resize_image(image, self.ts.size)
+            mask = resize_mask(mask, self.ts.size).astype(np.uint8)
+        if self.augment is not None:
+            # Seeded per (epoch, sample): the same augmentation whatever worker draws it, so a
+            # resumed run sees exactly what an uninterrupted one would.
+            self.augment.set_random_seed(int(self.seed * 1_000_003 + self.epoch * 100_003 + i) % 2**31)
+            out = self.augment(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        x = torch.from_numpy(normalise(image))[None]
+        y = torch.from_numpy(mask.astype(np.float32))[None]
+        return x, y, torch.tensor(float(rec["weight"]))
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image soft Dice loss (so that images can be weighted)."""
+    prob = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    inter = (prob * t).sum(1)
+    return 1 - (2 * inter + 1) / (prob.sum(1) + t.sum(1) + 1)
+
+
+def hard_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    pred = (logits > 0).flatten(1).float()
+    t = target.flatten(1)
+    total = pred.sum(1) + t.sum(1)
+    return torch.where(total > 0, 2 * (pred * t).sum(1) / total.clamp(min=1), torch.ones_like(total))
+
+
+def loss_fn(logits, target, weight, p: TrainParams) -> torch.Tensor:
+    per_image = soft_dice_loss(logits, target)
+    if p.bce_weight > 0:
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        per_image = per_image + p.bce_weight * bce.flatten(1).mean(1)
+    w = weight if p.qc_weight else torch.ones_like(weight)
+    return (per_image * w).sum() / w.sum().clamp(min=1e-6)
+
+
+def _loader(ds: Dataset, p: TrainParams, shuffle: bool, epoch: int) -> DataLoader:
+    g = torch.Generator().manual_seed(p.seed * 7919 + epoch)
+    return DataLoader(ds, batch_size=p.batch_size, shuffle=shuffle, generator=g, num_workers=p.num_workers,
+                      persistent_workers=False, drop_last=False)
+
+
+def run_epoch(model, ds: MaskDataset, p: TrainParams, epoch: int, device, optimizer=None) -> tuple[float, float]:
+    """One pass; trains when an optimizer is given. Returns (mean loss, mean hard Dice)."""
+    train = optimizer is not None
+    model.train(train)
+    ds.epoch = epoch
+    losses, dices, n = 0.0, 0.0, 0
+    amp = device.type == "cuda"
+    with torch.set_grad_enabled(train):
+        for x, y, w in _loader(ds, p, shuffle=train, epoch=epoch):
+            x, y, w = x.to(device), y.to(device), w.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, w, p)
+            if train:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            losses += float(loss.detach()) * len(x)
+            dices += float(hard_dice(logits.float(), y).sum())
+            n += len(x)
+    return losses / max(n, 1), dices / max(n, 1)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model, ds: Dataset, p: TrainParams, device) -> None:
+    """Replace BatchNorm running statistics by exact averages over the (unaugmented) training set.
+
+    With few optimisation steps (small cohorts, early stopping) the exponential running averages
+    still lag far behind the weights, and eval-mode predictions, hence pseudo-masks, are poor.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(ds) == 0:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all batches of the pass
+    model.train()
+    amp = device.type == "cuda"
+    for x, _, _ in _loader(ds, p, shuffle=False, epoch=0):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            model(x.to(device))
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
+
+
+def _state_key(spec: ModelSpec, p: TrainParams, train: TrainingSet, init: Path | None) -> str:
+    """Identifies a training job's inputs, so a stale resume state is never picked up."""
+    h = hashlib.sha256(json.dumps([asdict(spec), asdict(p), str(init)], sort_keys=True).encode())
+    h.update(",".join(train.table["image_id"]).encode())
+    return h.hexdigest()[:16]
+
+
+def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p: TrainParams,
+                out_model: Path, state_path: Path, init_model: Path | None = None,
+                threads: int = 1, meta: dict | None = None) -> pd.DataFrame:
+    """Train, stopping at the label-free elbow; returns the per-epoch metrics table."""
+    if len(train.table) == 0:
+        raise ValueError("no training images: every target mask was rejected by QC (nothing to learn from)")
+    torch.manual_seed(p.seed)
+    torch.set_num_threads(max(1, threads))
+    device = pick_device()
+    model = load_model(init_model, device)[0] if init_model else build_model(spec).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
+    key = _state_key(spec, p, train, init_model)
+    history, start = _resume(state_path, key, model, optimizer, device)
+    train_ds = MaskDataset(train, build_augment(p, p.seed), p.seed)
+    plain_train_ds = MaskDataset(train, None, p.seed)
+    val_ds = MaskDataset(val, None, p.seed) if val is not None and len(val.table) else None
+    chosen = history[-1]["epoch"] if history and history[-1].get("stop") else None
+    for epoch in range(start, p.epochs + 1):
+        if chosen is not None:
+            break
+        t0 = time.perf_counter()
+        tr_loss, tr_dice = run_epoch(model, train_ds, p, epoch, device, optimizer)
+        recalibrate_batchnorm(model, plain_train_ds, p, device)
+        va_loss, va_dice = run_epoch(model, val_ds, p, epoch, device) if val_ds else (np.nan, np.nan)
+        row = {"epoch": epoch, "train_loss": tr_loss, "train_dice": tr_dice, "val_loss": va_loss,
+               "val_dice": va_dice, "seconds": time.perf_counter() - t0, "n_train": len(train_ds)}
+        row["slope_ratio"] = slope_ratio([h["train_dice"] for h in history] + [tr_dice])
+        row["stop"] = bool(p.early_stop and epoch >= p.min_epochs and row["slope_ratio"] <= p.slope_fraction)
+        history.append(row)
+        log.info("epoch %d/%d  train loss %.4f dice %.4f  val loss %.4f dice %.4f  slope %.3f  %.1fs",
+                 epoch, p.epochs, tr_loss, tr_dice, va_loss, va_dice, row["slope_ratio"], row["seconds"])
+        _save_state(state_path, key, model, optimizer, history)
+        if row["stop"]:
+            chosen = epoch
+    chosen = chosen or history[-1]["epoch"]
+    save_model(out_model, model, spec, {**(meta or {}), "epoch": chosen, "n_train": len(train_ds),
+                                        "stopped_early": chosen < p.epochs})
+    return pd.DataFrame(history).assign(chosen=lambda d: d["epoch"] == chosen)
+
+
+def _save_state(path: Path, key: str, model, optimizer, history: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "history": json.dumps(history)}, tmp)
+
+
+def _resume(path: Path, key: str, model, optimizer, device) -> tuple[list[dict], int]:
+    """Pick up a killed job's last finished epoch; anything stale or unreadable restarts cleanly."""
+    if not path.is_file():
+        return [], 1
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if state.get("key") != key:
+            log.info("ignoring resume state from different inputs: %s", path)
+            return [], 1
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = json.loads(state["history"])
+    except Exception as err:  # a corrupt state must never stop a fresh start
+        log.warning("cannot resume from %s (%s); restarting", path, err)
+        return [], 1
+    log.info("resuming after epoch %d", history[-1]["epoch"] if history else 0)
+    return history, (history[-1]["epoch"] + 1 if history else 1)

@@ -1,0 +1,125 @@
+# Round r (r >= 1): the model of round r-1 predicts pseudo-masks for every image, QC scores them,
+# and the round_status checkpoint decides whether the loop stops. Rounds unroll at run time.
+
+
+wildcard_constraints:
+    r=r"[1-9][0-9]*",
+
+
+rule predict_round:
+    input:
+        model=lambda wildcards: round_model(int(wildcards.r) - 1),
+        table="results/ingest/shards/{shard}.parquet",
+        images="results/images/{shard}.npy",
+        code=PKG / "inference.py",
+    output:
+        masks=f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.npz",
+        stats=f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.parquet",
+    params:
+        batch=config["predict"]["batch_size"],
+        tta="" if config["predict"]["tta"] else "--no-tta",
+    log:
+        "logs/rounds/{r}/predict/{shard}.log",
+    benchmark:
+        "results/benchmarks/rounds/{r}/predict/{shard}.tsv"
+    threads: 2
+    resources:
+        mem_mb=shard_mem_mb(2500, 0.5),
+        runtime=shard_runtime(10, 0.5),
+        gpu=config["resources"]["gpus_per_training"],
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl predict-shard --model {input.model} --images {input.images} --table {input.table} "
+        "--batch-size {params.batch} {params.tta} --threads {threads} --out {output.masks} "
+        "--stats {output.stats} > {log} 2>&1"
+
+
+rule qc_round:
+    input:
+        masks=f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.npz",
+        prior=QC_PRIOR if USES_PRIOR else [],
+        code=PKG / "qc.py",
+    output:
+        f"{ROUND_ROOT}/{{r}}/qc/{{shard}}.parquet",
+    params:
+        qc=json.dumps(CFG_QC, sort_keys=True),
+        prior=lambda wildcards, input: f"--prior {input.prior}" if input.prior else "",
+    log:
+        "logs/rounds/{r}/qc/{shard}.log",
+    threads: 1
+    resources:
+        mem_mb=shard_mem_mb(800, 0.3),
+        runtime=shard_runtime(5, 0.05),
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl qc --masks {input.masks} {params.prior} --params {params.qc:q} --out {output} > {log} 2>&1"
+
+
+checkpoint round_status:
+    input:
+        qc=per_shard(f"{ROUND_ROOT}/{{r}}/qc/{{shard}}.parquet"),
+        manifest="results/manifest.parquet",
+        model=lambda wildcards: round_model(int(wildcards.r) - 1),
+    output:
+        status=f"{ROUND_ROOT}/{{r}}/status.json",
+        qc=f"{ROUND_ROOT}/{{r}}/qc.parquet",
+    params:
+        cfg=config["self_learning"],
+    log:
+        "logs/rounds/{r}/status.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl round-status --round {wildcards.r} --qc {input.qc} --manifest {input.manifest} "
+        "--model {input.model} --target-pass {params.cfg[target_pass]} --min-rounds {params.cfg[min_rounds]} "
+        "--max-rounds {params.cfg[max_rounds]} --qc-out {output.qc} --out {output.status} > {log} 2>&1"
+
+
+rule train_round:
+    input:
+        manifest="results/manifest.parquet",
+        images=per_shard("results/images/{shard}.npy"),
+        targets=per_shard(f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.npz"),
+        qc=f"{ROUND_ROOT}/{{r}}/qc.parquet",
+        status=f"{ROUND_ROOT}/{{r}}/status.json",
+        init=lambda wildcards: round_model(int(wildcards.r) - 1),
+        code=[PKG / "training.py", PKG / "early_stop.py"],
+    output:
+        model=f"{ROUND_ROOT}/{{r}}/model.pt",
+        metrics=f"{ROUND_ROOT}/{{r}}/metrics.parquet",
+        plot=report(
+            f"{ROUND_ROOT}/{{r}}/learning_curve.png",
+            caption="../report/learning_curve.rst",
+            category="Learning",
+            subcategory="Self-learning rounds",
+        ),
+    params:
+        train=train_params(
+            config["self_learning"]["max_epochs"],
+            config["self_learning"]["min_epochs"],
+            True,
+            config["self_learning"]["slope_fraction"],
+        ),
+        state=lambda wildcards, output: os.path.join(os.path.dirname(output.model), "train_state.pt"),
+    log:
+        "logs/rounds/{r}/train.log",
+    benchmark:
+        "results/benchmarks/rounds/{r}/train.tsv"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=train_mem_mb,
+        runtime=lambda wildcards, attempt: (20 + 5 * config["self_learning"]["max_epochs"]) * attempt,
+        gpu=config["resources"]["gpus_per_training"],
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl train --stage round_{wildcards.r} --manifest {input.manifest} --images {input.images} "
+        "--targets {input.targets} --qc {input.qc} --init {input.init} --params {params.train:q} "
+        "--threads {threads} --out {output.model} --metrics {output.metrics} --plot {output.plot} "
+        "--state {params.state} > {log} 2>&1"

@@ -1,0 +1,238 @@
+"""Unit tests of the learning stages: early stop, training/resume, models, inference, round chain."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lungssl import early_stop, self_learning
+from lungssl.inference import clean_mask, predict_folder, predict_probs, to_mask
+from lungssl.modeling import ModelSpec, build_model, load_model, read_model_file, save_model
+from lungssl.storage import write_image_stack, write_mask_stack
+from lungssl.training import TrainParams, collect_targets, soft_dice_loss, train_model
+from tests.conftest import toy_radiograph, write_png
+
+SPEC = ModelSpec(arch="Unet", encoder="resnet18", size=64)
+
+
+# ---------------------------------------------------------------- early stop
+
+def test_slope_ratio_falls_on_a_saturating_curve():
+    t = np.arange(1, 21)
+    values = list(0.9 * (1 - np.exp(-0.4 * t)))
+    assert early_stop.slope_ratio(values[:3]) > 0.3
+    assert early_stop.slope_ratio(values) < 0.05
+
+
+def test_slope_ratio_needs_three_points():
+    assert early_stop.slope_ratio([0.1, 0.2]) == 1.0
+
+
+def test_slope_ratio_stays_high_on_a_straight_line():
+    assert early_stop.slope_ratio([0.1 * i for i in range(1, 8)]) > 0.5
+
+
+# ---------------------------------------------------------------- models
+
+def test_model_round_trip_and_format_check(tmp_path):
+    model = build_model(SPEC)
+    save_model(tmp_path / "m.pt", model, SPEC, {"stage": "test"})
+    loaded, spec, meta = load_model(tmp_path / "m.pt")
+    assert spec == SPEC and meta["stage"] == "test"
+    x = torch.zeros(1, 1, 64, 64)
+    model.eval()
+    assert torch.allclose(model(x), loaded(x))
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a lungssl-model"):
+        read_model_file(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a readable lungssl model"):
+        read_model_file(tmp_path / "junk.pt")
+
+
+def test_encoder_weights_from_local_file_adapt_first_conv(tmp_path):
+    rgb = build_model(ModelSpec(encoder="resnet18", size=64))
+    import segmentation_models_pytorch as smp
+
+    three = smp.Unet("resnet18", encoder_weights=None, in_channels=3, classes=1)
+    torch.save(three.encoder.state_dict(), tmp_path / "enc.pth")
+    model = build_model(ModelSpec(encoder="resnet18", size=64, encoder_weights_path=str(tmp_path / "enc.pth")))
+    w3 = three.encoder.state_dict()["conv1.weight"]
+    assert torch.allclose(model.encoder.state_dict()["conv1.weight"], w3.sum(1, keepdim=True))
+    assert not torch.allclose(rgb.encoder.state_dict()["conv1.weight"], model.encoder.state_dict()["conv1.weight"])
+    with pytest.raises(FileNotFoundError):
+        build_model(ModelSpec(encoder="resnet18", encoder_weights_path=str(tmp_path / "missing.pth")))
+
+
+# ---------------------------------------------------------------- training
+
+def _toy_set(tmp_path: Path, n: int = 12, size: int = 64):
+    imgs, masks = zip(*(toy_radiograph(size, seed=i) for i in range(n)))
+    write_image_stack(tmp_path / "0000.npy", np.stack(imgs))
+    ids = [f"img{i}" for i in range(n)]
+    write_mask_stack(tmp_path / "t.npz", ids, np.stack(masks))
+    manifest = pd.DataFrame({"image_id": ids, "shard": "0000", "row": range(n),
+                             "split": ["val" if i % 4 == 0 else "train" for i in range(n)]})
+    qc = pd.DataFrame({"image_id": ids, "qc_score": 0.9, "qc_pass": [i != 1 for i in range(n)]})
+    return manifest, {"0000": tmp_path / "0000.npy"}, [tmp_path / "t.npz"], qc
+
+
+def test_collect_targets_keeps_only_qc_passed_of_the_split(tmp_path):
+    manifest, stacks, targets, qc = _toy_set(tmp_path)
+    train = collect_targets(manifest, stacks, targets, "train", 64, qc)
+    assert "img1" not in set(train.table["image_id"]) and len(train.table) == 8
+    assert set(train.table["image_id"]).isdisjoint(manifest.loc[manifest.split == "val", "image_id"])
+
+
+def test_soft_dice_loss_is_zero_for_perfect_prediction():
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:6, 2:6] = 1
+    logits = (target * 2 - 1) * 50
+    assert soft_dice_loss(logits, target).max() < 1e-3
+
+
+FAST = TrainParams(epochs=3, min_epochs=1, batch_size=4, lr=1e-3, early_stop=False, seed=0)
+
+
+def test_training_learns_and_is_reproducible(tmp_path):
+    manifest, stacks, targets, qc = _toy_set(tmp_path)
+    train = collect_targets(manifest, stacks, targets, "train", 64, qc)
+    val = collect_targets(manifest, stacks, targets, "val", 64, qc)
+    m1 = train_model(train, val, SPEC, FAST, tmp_path / "a.pt", tmp_path / "a_state.pt")
+    m2 = train_model(train, val, SPEC, FAST, tmp_path / "b.pt", tmp_path / "b_state.pt")
+    assert list(m1["epoch"]) == [1, 2, 3] and m1["chosen"].iloc[-1]
+    assert m1["train_loss"].iloc[-1] < m1["train_loss"].iloc[0]
+    pd.testing.assert_frame_equal(m1.drop(columns="seconds"), m2.drop(columns="seconds"))
+
+
+def test_training_resumes_after_interruption(tmp_path):
+    manifest, stacks, targets, qc = _toy_set(tmp_path)
+    train = collect_targets(manifest, stacks, targets, "train", 64, qc)
+    full = train_model(train, None, SPEC, FAST, tmp_path / "full.pt", tmp_path / "full_state.pt")
+    # An interrupted job: only 2 of 3 epochs done, its state left behind.
+    two = TrainParams(**{**FAST.__dict__, "epochs": 2})
+    train_model(train, None, SPEC, two, tmp_path / "x.pt", tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    state["key"] = __import__("lungssl.training", fromlist=["_state_key"])._state_key(SPEC, FAST, train, None)
+    torch.save(state, tmp_path / "state.pt")
+    resumed = train_model(train, None, SPEC, FAST, tmp_path / "resumed.pt", tmp_path / "state.pt")
+    assert list(resumed["epoch"]) == [1, 2, 3]
+    assert resumed["train_loss"].tolist() == pytest.approx(full["train_loss"].tolist(), rel=1e-4)
+
+
+def test_corrupt_resume_state_restarts_cleanly(tmp_path):
+    manifest, stacks, targets, qc = _toy_set(tmp_path)
+    train = collect_targets(manifest, stacks, targets, "train", 64, qc)
+    (tmp_path / "state.pt").write_bytes(b"half-written")
+    m = train_model(train, None, SPEC, FAST, tmp_path / "m.pt", tmp_path / "state.pt")
+    assert list(m["epoch"]) == [1, 2, 3]
+
+
+def test_training_refuses_an_empty_target_set(tmp_path):
+    manifest, stacks, targets, qc = _toy_set(tmp_path)
+    qc["qc_pass"] = False
+    train = collect_targets(manifest, stacks, targets, "train", 64, qc)
+    with pytest.raises(ValueError, match="no training images"):
+        train_model(train, None, SPEC, FAST, tmp_path / "m.pt", tmp_path / "s.pt")
+    assert not (tmp_path / "m.pt").exists()
+
+
+# ---------------------------------------------------------------- inference
+
+def test_predict_probs_shapes_and_tta_agreement():
+    model = build_model(SPEC).eval()
+    imgs = np.stack([toy_radiograph(80, seed=i)[0] for i in range(3)])
+    probs, agree = predict_probs(model, imgs, 64, torch.device("cpu"), batch_size=2, tta=True)
+    assert probs.shape == (3, 64, 64) and agree.shape == (3,)
+    assert ((probs >= 0) & (probs <= 1)).all() and ((agree >= 0) & (agree <= 1)).all()
+
+
+def test_to_mask_and_clean_mask():
+    prob = np.zeros((32, 32), np.float32)
+    prob[4:28, 4:12] = prob[4:28, 20:28] = 0.9
+    prob[30, 30] = 0.9
+    mask = clean_mask(to_mask(prob, 64, 48))
+    assert mask.shape == (64, 48) and not mask[60:, 45:].any() and mask[30, 10]
+
+
+def test_predict_folder_writes_masks_at_input_size_and_reports_rejects(tmp_path):
+    model = build_model(SPEC)
+    save_model(tmp_path / "m.pt", model, SPEC, {})
+    write_png(tmp_path / "in" / "a.png", toy_radiograph(100)[0])
+    write_png(tmp_path / "in" / "sub" / "b.png", toy_radiograph(90, seed=1)[0][:, :70])
+    (tmp_path / "in" / "bad.png").write_text("no image")
+    n, rejected = predict_folder(tmp_path / "m.pt", [tmp_path / "in"], tmp_path / "out", overlay=True)
+    assert n == 2 and [Path(p).name for p, _ in rejected] == ["bad.png"]
+    import cv2
+
+    mask = cv2.imread(str(tmp_path / "out" / "sub" / "b.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (90, 70) and set(np.unique(mask)) <= {0, 255}
+    assert (tmp_path / "out" / "a_overlay.png").is_file() and (tmp_path / "out" / "rejected.csv").is_file()
+
+
+# ---------------------------------------------------------------- round chain
+
+@pytest.mark.parametrize("r,frac,expected", [(1, 0.7, True), (1, 0.5, False), (5, 0.1, True), (1, 0.9, False),
+                                             (1, 0.0, True)])
+def test_round_decision(r, frac, expected):
+    min_rounds = 2 if frac == 0.9 else 1
+    assert self_learning.decide(r, frac, 0.66, min_rounds, 5)[0] is expected
+
+
+def _chain(tmp_path: Path, stops: list[bool]) -> Path:
+    root = tmp_path / "rounds"
+    (root / "0").mkdir(parents=True)
+    (root / "0" / "model.pt").write_bytes(b"model0")
+    for r, stop in enumerate(stops, start=1):
+        d = root / str(r)
+        (d / "pseudo").mkdir(parents=True)
+        (d / "model.pt").write_bytes(f"model{r}".encode())
+        pd.DataFrame({"image_id": ["a"], "qc_pass": [True]}).to_parquet(d / "qc.parquet")
+        (d / "pseudo" / "0000.npz").write_bytes(b"x")
+        status = self_learning.RoundStatus(r, 0.5, 1, 1, stop, "test", self_learning.file_digest(root / str(r - 1) / "model.pt"),
+                                           self_learning.file_digest(d / "qc.parquet"))
+        self_learning.write_status(status, d / "status.json")
+    return root
+
+
+def _inputs(root: Path, last: int) -> list[Path]:
+    return [*(root / str(r) / "status.json" for r in range(1, last + 1)), root / str(last) / "pseudo" / "0000.npz"]
+
+
+def test_chain_record_names_the_last_round(tmp_path):
+    root = _chain(tmp_path, [False, True])
+    rec = self_learning.chain_record(_inputs(root, 2))
+    assert rec["round"] == 2 and rec["init"].endswith("rounds/1/model.pt")
+    assert rec["targets"] == [str(root / "2" / "pseudo" / "0000.npz")]
+
+
+def test_chain_with_a_missing_round_fails_loudly(tmp_path):
+    root = _chain(tmp_path, [False, True])
+    with pytest.raises(self_learning.BrokenRoundChain, match="rounds 1..1"):
+        self_learning.chain_record([root / "2" / "status.json", root / "2" / "pseudo" / "0000.npz"])
+
+
+def test_chain_whose_last_round_did_not_stop_fails(tmp_path):
+    root = _chain(tmp_path, [False, False])
+    with pytest.raises(self_learning.BrokenRoundChain, match="did not stop"):
+        self_learning.chain_record(_inputs(root, 2))
+
+
+def test_chain_with_a_replaced_model_fails(tmp_path):
+    root = _chain(tmp_path, [False, True])
+    (root / "1" / "model.pt").write_bytes(b"retrained since")
+    with pytest.raises(self_learning.BrokenRoundChain, match="another model"):
+        self_learning.chain_record(_inputs(root, 2))
+
+
+def test_chain_record_recheck_catches_later_changes(tmp_path):
+    root = _chain(tmp_path, [True])
+    rec = self_learning.chain_record(_inputs(root, 1))
+    self_learning.check_chain_record(rec)
+    (root / "0" / "model.pt").write_bytes(b"swapped")
+    with pytest.raises(self_learning.BrokenRoundChain, match="changed after"):
+        self_learning.check_chain_record(json.loads(json.dumps(rec)))

@@ -1,0 +1,167 @@
+"""End to end through the learning stages on a tiny synthetic set: rounds, final model, predict."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.workflow_utils import planned_jobs, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+# Two rounds forced (min_rounds = max_rounds = 2), so the test knows which round the final comes from.
+TINY = {
+    "synthetic": {"n": 24, "min_size": 256, "max_size": 300},
+    "ingest": {"shard_size": 12, "size": 128},
+    "model": {"encoder": "resnet18", "size": 64},
+    "train": {"batch_size": 8, "threads": 2},
+    "early_learning": {"min_epochs": 2, "max_epochs": 3},
+    "self_learning": {"min_rounds": 2, "max_rounds": 2, "min_epochs": 1, "max_epochs": 1},
+    "final": {"epochs": 1},
+    "supervised": {"epochs": 2},
+}
+
+
+def lungssl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "lungssl.cli", *args], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-4000:])
+    return proc
+
+
+@pytest.fixture(scope="module")
+def chain_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("chain")
+    write_config(workdir, TINY)
+    snakemake(workdir)
+    return workdir
+
+
+def test_rounds_unroll_and_final_comes_from_the_stopping_round(chain_run):
+    r = chain_run / "results"
+    s1 = json.loads((r / "rounds/1/status.json").read_text())
+    s2 = json.loads((r / "rounds/2/status.json").read_text())
+    assert not s1["stop"] and s2["stop"] and "round limit" in s2["reason"]
+    assert not (r / "rounds/3").exists()
+    chain = json.loads((r / "rounds/chain.json").read_text())
+    assert chain["round"] == 2 and chain["init"].endswith("rounds/1/model.pt")
+    payload = torch.load(r / "final/model.pt", weights_only=True)
+    assert payload["meta"]["round"] == 2 and payload["meta"]["stage"] == "final"
+    assert payload["spec"]["size"] == 64
+
+
+def test_metrics_plots_and_evaluation(chain_run):
+    r = chain_run / "results"
+    metrics = pd.read_parquet(r / "rounds/0/metrics.parquet")
+    assert {"train_loss", "train_dice", "val_loss", "val_dice", "slope_ratio", "chosen"} <= set(metrics.columns)
+    assert metrics["chosen"].sum() == 1
+    for png in ("rounds/0/learning_curve.png", "final/learning_curve.png", "qc/weak_hist.png"):
+        assert (r / png).stat().st_size > 1000
+    summary = pd.read_csv(r / "eval/summary.csv")
+    stages = set(summary["stage"])
+    assert {"weak", "weak_qc_pass", "round_1", "round_2", "final", "supervised"} <= stages
+    val = summary[summary["split"] == "val"].set_index("stage")
+    assert val["dice_mean"].between(0, 1).all()
+
+
+def test_second_run_has_nothing_to_do(chain_run):
+    assert planned_jobs(snakemake(chain_run, "-n")) == {}
+
+
+def test_predict_cli_on_a_folder(chain_run, tmp_path):
+    images = chain_run / "resources/synthetic/images"
+    proc = lungssl("predict", "--model", str(chain_run / "results/final/model.pt"), "--input", str(images),
+                   "--output", str(tmp_path / "out"), "--overlay")
+    import cv2
+
+    for src in sorted(images.glob("*.png"))[:3]:
+        mask = cv2.imread(str(tmp_path / "out" / src.name), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == cv2.imread(str(src), cv2.IMREAD_UNCHANGED).shape
+        assert (tmp_path / "out" / f"{src.stem}_overlay.png").is_file()
+    assert proc.returncode == 0
+
+
+def test_predict_cli_exit_codes(chain_run, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bad.png").write_text("not an image")
+    model = str(chain_run / "results/final/model.pt")
+    assert lungssl("predict", "--model", model, "--input", str(tmp_path / "in"), "--output",
+                   str(tmp_path / "o"), check=False).returncode == 3
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = lungssl("predict", "--model", model, "--input", str(empty), "--output", str(tmp_path / "o2"), check=False)
+    assert proc.returncode == 2 and "no X-ray images found" in proc.stderr
+    (tmp_path / "fake.pt").write_bytes(b"junk")
+    proc = lungssl("predict", "--model", str(tmp_path / "fake.pt"), "--input", str(tmp_path / "in"), "--output",
+                   str(tmp_path / "o3"), check=False)
+    assert proc.returncode == 2 and "not a readable lungssl model" in proc.stderr
+
+
+def test_a_chain_missing_a_round_is_refused(chain_run, tmp_path):
+    r = chain_run / "results/rounds"
+    proc = lungssl("round-chain", "--inputs", str(r / "2/status.json"), *map(str, (r / "2/pseudo").glob("*.npz")),
+                   "--out", str(tmp_path / "chain.json"), check=False)
+    assert proc.returncode == 2 and "rounds 1..1" in proc.stderr
+    assert not (tmp_path / "chain.json").exists()
+
+
+def test_a_replaced_round_model_is_refused_by_the_final_stage(chain_run, tmp_path):
+    r = chain_run / "results"
+    chain = json.loads((r / "rounds/chain.json").read_text())
+    fake_init = tmp_path / "model.pt"
+    fake_init.write_bytes((chain_run / chain["init"]).read_bytes() + b"tampered")
+    (tmp_path / "chain.json").write_text(json.dumps({**chain, "init": str(fake_init)}))
+    params = json.dumps({"model": {"arch": "Unet", "encoder": "resnet18", "size": 64},
+                         "train": {"epochs": 1, "batch_size": 8}})
+    proc = lungssl("train", "--stage", "final", "--chain", str(tmp_path / "chain.json"), "--manifest",
+                   str(r / "manifest.parquet"), "--images", *map(str, (r / "images").glob("*.npy")),
+                   "--params", params, "--out", str(tmp_path / "final.pt"), "--metrics", str(tmp_path / "m.parquet"),
+                   "--plot", str(tmp_path / "c.png"), "--state", str(tmp_path / "s.pt"), check=False)
+    assert proc.returncode == 2 and "changed after the round chain was verified" in proc.stderr
+    assert not (tmp_path / "final.pt").exists()
+
+
+def test_deleted_round_status_is_rebuilt_and_final_still_from_round_2(chain_run):
+    (chain_run / "results/rounds/1/status.json").unlink()
+    snakemake(chain_run)
+    payload = torch.load(chain_run / "results/final/model.pt", weights_only=True)
+    assert payload["meta"]["round"] == 2
+    assert json.loads((chain_run / "results/rounds/1/status.json").read_text())["round"] == 1
+
+
+def test_training_job_killed_mid_run_resumes(chain_run, tmp_path):
+    r = chain_run / "results"
+    params = json.dumps({"model": {"arch": "Unet", "encoder": "resnet18", "size": 64},
+                         "train": {"epochs": 4, "min_epochs": 1, "early_stop": False, "batch_size": 8, "lr": 1e-3}})
+    common = ["train", "--stage", "early_learning", "--manifest", str(r / "manifest.parquet"),
+              "--images", *map(str, sorted((r / "images").glob("*.npy"))), "--targets",
+              *map(str, sorted((r / "weak").glob("*.npz"))), "--qc", str(r / "qc/weak.parquet"),
+              "--params", params, "--threads", "2"]
+
+    def outputs(name):
+        return ["--out", str(tmp_path / f"{name}.pt"), "--metrics", str(tmp_path / f"{name}.parquet"),
+                "--plot", str(tmp_path / f"{name}.png"), "--state", str(tmp_path / f"{name}_state.pt")]
+
+    lungssl(*common, *outputs("straight"))
+    proc = subprocess.Popen([sys.executable, "-m", "lungssl.cli", *common, *outputs("killed")],
+                            stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "killed_state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed.pt").exists()  # nothing half-done looks complete
+    resumed = lungssl(*common, *outputs("killed"))
+    assert "resuming after epoch" in resumed.stderr
+    a = pd.read_parquet(tmp_path / "straight.parquet")
+    b = pd.read_parquet(tmp_path / "killed.parquet")
+    assert a["train_loss"].tolist() == pytest.approx(b["train_loss"].tolist(), rel=1e-4)
