@@ -42,6 +42,7 @@ class TrainParams:
     rotate: float = 5.0
     brightness_contrast: float = 0.2
     num_workers: int = 0
+    min_steps_per_epoch: int = 20  # small cohorts repeat within an epoch, so curves share one time scale
     seed: int = 0
 
     @classmethod
@@ -97,20 +98,23 @@ def build_augment(p: TrainParams, seed: int):
 
 
 class MaskDataset(Dataset):
+    """Item `pos` of an epoch is image `order[pos]`; the order is set per epoch by `run_epoch`."""
+
     def __init__(self, ts: TrainingSet, augment=None, seed: int = 0):
         self.ts, self.augment, self.seed, self.epoch = ts, augment, seed, 0
+        self.order = np.arange(len(ts.table))
         self._stacks: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return len(self.ts.table)
+        return len(self.order)
 
     def _image(self, shard: str, row: int) -> np.ndarray:
         if shard not in self._stacks:  # opened lazily so that each worker maps its own
             self._stacks[shard] = read_image_stack(self.ts.stacks[shard])
         return np.asarray(self._stacks[shard][row])
 
-    def __getitem__(self, i: int):
-        rec = self.ts.table.iloc[i]
+    def __getitem__(self, pos: int):
+        rec = self.ts.table.iloc[int(self.order[pos])]
         image = self._image(rec["shard"], int(rec["row"]))
         n = image.shape[0]
         mask = np.unpackbits(self.ts.packed[rec["image_id"]], count=n * n).reshape(n, n)
@@ -118,9 +122,9 @@ class MaskDataset(Dataset):
             image = resize_image(image, self.ts.size)
             mask = resize_mask(mask, self.ts.size).astype(np.uint8)
         if self.augment is not None:
-            # Seeded per (epoch, sample): the same augmentation whatever worker draws it, so a
+            # Seeded per (epoch, position): the same augmentation whatever worker draws it, so a
             # resumed run sees exactly what an uninterrupted one would.
-            self.augment.set_random_seed(int(self.seed * 1_000_003 + self.epoch * 100_003 + i) % 2**31)
+            self.augment.set_random_seed(int(self.seed * 1_000_003 + self.epoch * 100_003 + pos) % 2**31)
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         x = torch.from_numpy(normalise(image))[None]
@@ -152,9 +156,15 @@ def loss_fn(logits, target, weight, p: TrainParams) -> torch.Tensor:
     return (per_image * w).sum() / w.sum().clamp(min=1e-6)
 
 
-def _loader(ds: Dataset, p: TrainParams, shuffle: bool, epoch: int) -> DataLoader:
-    g = torch.Generator().manual_seed(p.seed * 7919 + epoch)
-    return DataLoader(ds, batch_size=p.batch_size, shuffle=shuffle, generator=g, num_workers=p.num_workers,
+def epoch_order(n: int, p: TrainParams, epoch: int) -> np.ndarray:
+    """Seeded shuffles of the training set, repeated until the epoch has min_steps_per_epoch batches."""
+    rng = np.random.default_rng([p.seed, epoch])
+    passes = max(1, -(-p.min_steps_per_epoch * p.batch_size // max(n, 1)))
+    return np.concatenate([rng.permutation(n) for _ in range(passes)]) if n else np.zeros(0, int)
+
+
+def _loader(ds: Dataset, p: TrainParams) -> DataLoader:
+    return DataLoader(ds, batch_size=p.batch_size, shuffle=False, num_workers=p.num_workers,
                       persistent_workers=False, drop_last=False)
 
 
@@ -163,10 +173,12 @@ def run_epoch(model, ds: MaskDataset, p: TrainParams, epoch: int, device, optimi
     train = optimizer is not None
     model.train(train)
     ds.epoch = epoch
+    n = len(ds.ts.table)
+    ds.order = epoch_order(n, p, epoch) if train else np.arange(n)
     losses, dices, n = 0.0, 0.0, 0
     amp = device.type == "cuda"
     with torch.set_grad_enabled(train):
-        for x, y, w in _loader(ds, p, shuffle=train, epoch=epoch):
+        for x, y, w in _loader(ds, p):
             x, y, w = x.to(device), y.to(device), w.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)
@@ -197,7 +209,8 @@ def recalibrate_batchnorm(model, ds: Dataset, p: TrainParams, device) -> None:
         bn.momentum = None  # cumulative average over all batches of the pass
     model.train()
     amp = device.type == "cuda"
-    for x, _, _ in _loader(ds, p, shuffle=False, epoch=0):
+    ds.order = np.arange(len(ds.ts.table))
+    for x, _, _ in _loader(ds, p):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             model(x.to(device))
     for bn, m in zip(bns, momenta):
@@ -236,7 +249,7 @@ def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p:
         recalibrate_batchnorm(model, plain_train_ds, p, device)
         va_loss, va_dice = run_epoch(model, val_ds, p, epoch, device) if val_ds else (np.nan, np.nan)
         row = {"epoch": epoch, "train_loss": tr_loss, "train_dice": tr_dice, "val_loss": va_loss,
-               "val_dice": va_dice, "seconds": time.perf_counter() - t0, "n_train": len(train_ds)}
+               "val_dice": va_dice, "seconds": time.perf_counter() - t0, "n_train": len(train.table)}
         row["slope_ratio"] = slope_ratio([h["train_dice"] for h in history] + [tr_dice])
         row["stop"] = bool(p.early_stop and epoch >= p.min_epochs and row["slope_ratio"] <= p.slope_fraction)
         history.append(row)
@@ -246,7 +259,7 @@ def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p:
         if row["stop"]:
             chosen = epoch
     chosen = chosen or history[-1]["epoch"]
-    save_model(out_model, model, spec, {**(meta or {}), "epoch": chosen, "n_train": len(train_ds),
+    save_model(out_model, model, spec, {**(meta or {}), "epoch": chosen, "n_train": len(train.table),
                                         "stopped_early": chosen < p.epochs})
     return pd.DataFrame(history).assign(chosen=lambda d: d["epoch"] == chosen)
 
