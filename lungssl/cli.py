@@ -80,19 +80,21 @@ def cmd_manifest(a: argparse.Namespace) -> None:
 
 
 def cmd_weak_masks(a: argparse.Namespace) -> None:
-    from lungssl.weak_masks import WeakMaskParams, weak_masks
+    from lungssl.weak_masks import WeakMaskParams, weak_masks_with_stability
 
     params = WeakMaskParams.from_config(json.loads(a.params))
     table = pd.read_parquet(a.table)
     table = table[table["accepted"]].sort_values("row")
     images = read_image_stack(a.images)
     t0 = time.perf_counter()
-    masks = weak_masks(images, params, progress=True)
+    masks, stability = weak_masks_with_stability(images, params, progress=True)
     dt = time.perf_counter() - t0
     ids = table["image_id"].tolist()
     write_mask_stack(a.out, ids, masks)
+    # stability: mean IoU of each mask with its perturbed re-derivations (NaN if switched off);
+    # the QC combines it with the shape score.
     stats = pd.DataFrame({"image_id": ids, "area_fraction": masks.reshape(len(masks), -1).mean(axis=1)
-                          if len(masks) else []})
+                          if len(masks) else [], "stability": np.asarray(stability, dtype=float)})
     write_parquet(stats, a.stats)
     log.info("weak masks for %d images in %.1f s (%.1f images/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
 
@@ -116,11 +118,13 @@ def _sampled_masks(paths: list[str], max_masks: int, seed: int):
 
 
 def cmd_qc(a: argparse.Namespace) -> None:
-    from lungssl.qc import QCParams, load_prior, qc_table
+    from lungssl.qc import QCParams, agreement_for, load_prior, qc_table
 
     params = QCParams.from_config(json.loads(a.params))
     ids, masks = read_mask_stack(a.masks)
-    table = qc_table(ids, masks, params, load_prior(a.prior) if a.prior else None)
+    column = a.agreement or params.agreement
+    agreement = agreement_for(ids, pd.read_parquet(a.stats), column) if a.stats and column else None
+    table = qc_table(ids, masks, params, load_prior(a.prior) if a.prior else None, agreement)
     write_parquet(table, a.out)
     log.info("QC: %d of %d masks pass", int(table["qc_pass"].sum()), len(table))
 
@@ -327,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", required=True)
     p.add_argument("--prior", help="cohort shape prior (from shape-prior); without it the fixed-range score")
     p.add_argument("--params", default="{}", help="JSON of QC parameters")
+    p.add_argument("--stats", help="per-image stats table (parquet) with an agreement column, combined with "
+                   "the shape score: weak masks' 'stability', predictions' 'tta_dice' or 'confidence'")
+    p.add_argument("--agreement", help="column of --stats to use (default: the qc.agreement parameter)")
     p.add_argument("--out", required=True)
 
     p = _add(sub, "qc-merge", cmd_qc_merge, "merge per-shard QC tables; summary and score histogram")

@@ -46,6 +46,9 @@ class QCParams:
     # shape with IoU >= 3/4 (geometric mean) and nothing about its placement or size is a gross
     # outlier. A fixed level keeps scores comparable between cohorts and self-training rounds.
     cohort_threshold: float = 0.75
+    # Agreement signal from the --stats table of the masks (see combine_agreement): the weak masks'
+    # "stability", a prediction's "tta_dice" or "confidence"; None: shape alone.
+    agreement: str | None = "stability"
 
     @classmethod
     def from_config(cls, cfg: dict) -> "QCParams":
@@ -56,7 +59,8 @@ class QCParams:
             ranges[name] = Range(float(r["lo"]), float(r["hi"]), float(r["tolerance"]))
         p = cls(ranges=ranges, threshold=float(cfg.get("threshold", cls.threshold)),
                 z_soft=float(cfg.get("z_soft", cls.z_soft)), z_hard=float(cfg.get("z_hard", cls.z_hard)),
-                cohort_threshold=float(cfg.get("cohort_threshold", cls.cohort_threshold)))
+                cohort_threshold=float(cfg.get("cohort_threshold", cls.cohort_threshold)),
+                agreement=cfg.get("agreement", cls.agreement) or None)
         if not 0 <= p.z_soft < p.z_hard:
             raise ValueError(f"need 0 <= z_soft < z_hard, got {p.z_soft} and {p.z_hard}")
         return p
@@ -93,21 +97,59 @@ def score_features(features: dict[str, float], params: QCParams) -> dict[str, fl
     return {**norm, "qc_score": score, "qc_pass": bool(score >= params.threshold)}
 
 
-def qc_table(ids: list[str], masks: np.ndarray, params: QCParams, prior: "ShapePrior | None" = None
-             ) -> pd.DataFrame:
+AGREEMENT_COLUMNS = ("f_stability", "q_stability", "q_shape")
+
+
+def combine_agreement(shape_score: float, agreement: float) -> float:
+    """Geometric mean of the shape score and the agreement (both in [0, 1]); the shape score alone
+    where the agreement is missing (NaN).
+
+    The agreement says how much the mask stays the same when it is derived again slightly
+    differently (weak masks: perturbed re-derivations, IoU; predictions: flip-TTA Dice). A mask
+    passes at the same level as before: sqrt(shape x agreement) >= threshold, e.g. shape IoU 0.8
+    needs an agreement of at least 0.70 to pass at 0.75."""
+    if agreement is None or not np.isfinite(agreement):
+        return float(shape_score)
+    return float(np.sqrt(shape_score * float(np.clip(agreement, 0.0, 1.0))))
+
+
+def qc_table(ids: list[str], masks: np.ndarray, params: QCParams, prior: "ShapePrior | None" = None,
+             agreement: "np.ndarray | list[float] | None" = None) -> pd.DataFrame:
     """One row per mask. Without a prior: the fixed-range shape score. With one: the cohort score
-    (prior IoU x z-gate) replaces qc_score / qc_pass; the fixed-range columns stay for reference."""
+    (prior IoU x z-gate) replaces qc_score / qc_pass; the fixed-range columns stay for reference.
+
+    With `agreement` (one value per mask, NaN where unknown, e.g. the weak masks' stability or a
+    prediction's TTA Dice), qc_score = sqrt(shape score x agreement) (see combine_agreement); the
+    shape score stays as q_shape, the raw value as f_stability and its [0, 1] clip as q_stability."""
+    if agreement is not None and len(agreement) != len(ids):
+        raise ValueError(f"agreement has {len(agreement)} values for {len(ids)} masks")
+    threshold = params.threshold if prior is None else params.cohort_threshold
     rows = []
-    for image_id, mask in zip(ids, masks):
+    for i, (image_id, mask) in enumerate(zip(ids, masks)):
         feats = shape_features(mask)
         row = {"image_id": image_id, **{f"f_{k}": v for k, v in feats.items()}, **score_features(feats, params)}
         if prior is not None:
             row.update(cohort_scores(np.asarray(mask, dtype=bool), prior, params))
+        if agreement is not None:
+            a = float(agreement[i]) if agreement[i] is not None else float("nan")
+            score = combine_agreement(row["qc_score"], a)
+            row.update(f_stability=a, q_stability=float(np.clip(a, 0.0, 1.0)) if np.isfinite(a) else float("nan"),
+                       q_shape=row["qc_score"], qc_score=score, qc_pass=bool(score >= threshold))
         rows.append(row)
     columns = ["image_id", *[f"f_{k}" for k in FEATURES], *[f"q_{k}" for k in FEATURES]]
     if prior is not None:
         columns += [*COHORT_COLUMNS]
+    if agreement is not None:
+        columns += [*AGREEMENT_COLUMNS]
     return pd.DataFrame(rows, columns=[*columns, "qc_score", "qc_pass"])
+
+
+def agreement_for(ids: list[str], stats: pd.DataFrame, column: str) -> np.ndarray:
+    """The `column` of a per-image stats table, in the order of `ids` (NaN for ids it lacks)."""
+    if column not in stats.columns:
+        raise ValueError(f"stats table has no column {column!r}; it has {', '.join(map(str, stats.columns))}")
+    values = stats.drop_duplicates("image_id").set_index("image_id")[column].astype(float)
+    return values.reindex(list(ids)).to_numpy(dtype=float)
 
 
 def summarize(table: pd.DataFrame, threshold: float) -> dict:

@@ -8,7 +8,7 @@ serves any working resolution.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import cv2
 import numpy as np
@@ -49,6 +49,13 @@ class WeakMaskParams:
     pair_marker_erode_px: int = 4
     pair_marker_dilate_px: int = 14
     pair_smooth_px: int = 11
+    # --- stability of the mask under small perturbations (a label-free QC signal, "pair" only) ---
+    # marker: the watershed re-run from tighter markers (erosion x scale, background band / scale);
+    # contrast: the whole method re-run at 1/downscale of the side with the CLAHE clip x scale.
+    stability: tuple[str, ...] = ("marker", "contrast")  # () = off (stability is NaN)
+    stability_marker_scale: float = 2.0
+    stability_contrast_scale: float = 0.5
+    stability_downscale: int = 2
 
     @classmethod
     def from_config(cls, cfg: dict) -> "WeakMaskParams":
@@ -61,6 +68,9 @@ class WeakMaskParams:
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
         if values.get("method", "baseline") not in METHODS:
             raise ValueError(f"unknown weak-mask method {values['method']!r}; choose one of {sorted(METHODS)}")
+        unknown = set(values.get("stability", ())) - set(PERTURBATIONS)
+        if unknown:
+            raise ValueError(f"unknown stability perturbation(s) {sorted(unknown)}; choose from {list(PERTURBATIONS)}")
         return cls(**values)
 
     def as_dict(self) -> dict:
@@ -348,15 +358,71 @@ def smooth_lungs(lungs: np.ndarray, px: int) -> np.ndarray:
     return out.astype(np.int8)
 
 
-def weak_lungs(image: np.ndarray, params: WeakMaskParams = WeakMaskParams(method="pair")) -> np.ndarray:
-    """uint8 gray image (H x W) -> int8 label image: 0 background, 1 lung on the image's left, 2 right."""
+def _pair_stages(image: np.ndarray, params: WeakMaskParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(normalised image, rough pair from the sweep, final label image) of the "pair" method."""
     _check_image(image)
     x = normalise(image, params)
     film = find_film(image, params.pair_padding_tolerance)
     midline = find_midline(x, film, params.pair_midline_search)
-    lungs = best_pair(x, film, midline, params)
-    lungs = refine_watershed(x, lungs, params.pair_marker_erode_px, params.pair_marker_dilate_px)
-    return smooth_lungs(lungs, params.pair_smooth_px)
+    rough = best_pair(x, film, midline, params)
+    lungs = refine_watershed(x, rough, params.pair_marker_erode_px, params.pair_marker_dilate_px)
+    return x, rough, smooth_lungs(lungs, params.pair_smooth_px)
+
+
+def weak_lungs(image: np.ndarray, params: WeakMaskParams = WeakMaskParams(method="pair")) -> np.ndarray:
+    """uint8 gray image (H x W) -> int8 label image: 0 background, 1 lung on the image's left, 2 right."""
+    return _pair_stages(image, params)[2]
+
+
+# ---------------------------------------------------------------- stability (label-free QC signal)
+# A reliable mask sits on strong, unambiguous edges: re-deriving it under a small change of the
+# method gives almost the same mask. A wrong one (a leak into the mediastinum, a lung cut at a
+# faint edge, a pair chosen between two similar candidates) moves. stability = mean IoU of the
+# mask with its re-derivations; each costs a fraction of the method (a watershed, or a run at
+# half the side), not a second full run.
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b) / union) if union else 0.0  # empty: nothing stable to judge
+
+
+def _marker_rerun(image: np.ndarray, x: np.ndarray, rough: np.ndarray, params: WeakMaskParams) -> np.ndarray:
+    # The watershed from tighter markers: lung cores eroded `scale` times deeper, the sure
+    # background brought `scale` times closer. Strong edges catch the flood either way.
+    s = params.stability_marker_scale
+    erode = max(1, int(round(params.pair_marker_erode_px * s)))
+    dilate = max(1, int(round(params.pair_marker_dilate_px / s)))
+    return smooth_lungs(refine_watershed(x, rough, erode, dilate), params.pair_smooth_px) > 0
+
+
+def _contrast_rerun(image: np.ndarray, x: np.ndarray, rough: np.ndarray, params: WeakMaskParams) -> np.ndarray:
+    # The whole method (sweep, pair choice, watershed) on a coarser, less contrast-equalised copy:
+    # a different exposure normalisation and sampling; an ambiguous pair choice flips.
+    h, w = image.shape
+    k = max(1, int(params.stability_downscale))
+    small = cv2.resize(image, (max(8, w // k), max(8, h // k)), interpolation=cv2.INTER_AREA)
+    alt = weak_lungs(small, replace(params, clahe_clip=params.clahe_clip * params.stability_contrast_scale))
+    return cv2.resize((alt > 0).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
+
+
+PERTURBATIONS = {"marker": _marker_rerun, "contrast": _contrast_rerun}
+
+
+def pair_lungs_with_stability(image: np.ndarray, params: WeakMaskParams = WeakMaskParams()
+                              ) -> tuple[np.ndarray, float]:
+    """(label image as weak_lungs, stability in [0, 1]; NaN when params.stability is empty)."""
+    x, rough, lungs = _pair_stages(image, params)
+    if not params.stability:
+        return lungs, float("nan")
+    mask = lungs > 0
+    return lungs, float(np.mean([_iou(mask, PERTURBATIONS[p](image, x, rough, params)) for p in params.stability]))
+
+
+def pair_mask_with_stability(image: np.ndarray, params: WeakMaskParams = WeakMaskParams()
+                             ) -> tuple[np.ndarray, float]:
+    """The "pair" mask (bool H x W) and its stability: mean IoU with its perturbed re-derivations."""
+    lungs, stability = pair_lungs_with_stability(image, params)
+    return lungs > 0, stability
 
 
 def pair_mask(image: np.ndarray, params: WeakMaskParams = WeakMaskParams(method="pair")) -> np.ndarray:
@@ -374,6 +440,26 @@ def weak_mask(image: np.ndarray, params: WeakMaskParams = WeakMaskParams()) -> n
     except KeyError:
         raise ValueError(f"unknown weak-mask method {params.method!r}; choose one of {sorted(METHODS)}") from None
     return method(image, params)
+
+
+def weak_mask_with_stability(image: np.ndarray, params: WeakMaskParams = WeakMaskParams()
+                             ) -> tuple[np.ndarray, float]:
+    """(mask as weak_mask, stability); the stability is NaN for methods without one ("baseline")."""
+    if params.method == "pair":
+        return pair_mask_with_stability(image, params)
+    return weak_mask(image, params), float("nan")
+
+
+def weak_masks_with_stability(images: np.ndarray, params: WeakMaskParams, progress: bool = False
+                              ) -> tuple[np.ndarray, np.ndarray]:
+    """A stack of images (N x H x W) -> (stack of masks, N stabilities)."""
+    from tqdm import tqdm
+
+    out = np.zeros(images.shape, dtype=bool)
+    stability = np.full(len(images), np.nan)
+    for i in tqdm(range(len(images)), disable=not progress, mininterval=5):
+        out[i], stability[i] = weak_mask_with_stability(np.asarray(images[i]), params)
+    return out, stability
 
 
 def weak_masks(images: np.ndarray, params: WeakMaskParams, progress: bool = False) -> np.ndarray:

@@ -25,6 +25,7 @@ rule shape_prior:
 rule qc_weak:
     input:
         masks="results/weak/{shard}.npz",
+        stats="results/weak/{shard}.parquet",  # per-mask stability, combined with the shape score
         prior=QC_PRIOR if USES_PRIOR else [],
         code=PKG / "qc.py",
     output:
@@ -43,7 +44,8 @@ rule qc_weak:
     conda:
         "../envs/lungssl.yaml"
     shell:
-        "lungssl qc --masks {input.masks} {params.prior} --params {params.qc:q} --out {output} > {log} 2>&1"
+        "lungssl qc --masks {input.masks} --stats {input.stats} {params.prior} --params {params.qc:q} "
+        "--out {output} > {log} 2>&1"
 
 
 rule qc_weak_merge:

@@ -38,6 +38,7 @@ rule predict_round:
 rule qc_round:
     input:
         masks=f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.npz",
+        stats=f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.parquet",
         prior=QC_PRIOR if USES_PRIOR else [],
         code=PKG / "qc.py",
     output:
@@ -54,7 +55,9 @@ rule qc_round:
     conda:
         "../envs/lungssl.yaml"
     shell:
-        "lungssl qc --masks {input.masks} {params.prior} --params {params.qc:q} --out {output} > {log} 2>&1"
+        # A pseudo-mask's agreement signal is its flip test-time-augmentation Dice.
+        "lungssl qc --masks {input.masks} --stats {input.stats} --agreement tta_dice {params.prior} "
+        "--params {params.qc:q} --out {output} > {log} 2>&1"
 
 
 checkpoint round_status:

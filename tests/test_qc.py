@@ -153,3 +153,59 @@ def test_params_from_config_reads_cohort_knobs():
     assert (p.z_soft, p.z_hard, p.cohort_threshold) == (2.0, 3.0, 0.7)
     with pytest.raises(ValueError, match="z_soft"):
         qc.QCParams.from_config({"z_soft": 4, "z_hard": 3})
+
+
+# ---------------------------------------------------------------- agreement (stability / TTA) column
+
+def test_combine_agreement_is_geometric_mean_and_ignores_missing():
+    assert qc.combine_agreement(0.81, 0.49) == pytest.approx(0.63)
+    assert qc.combine_agreement(0.8, float("nan")) == 0.8
+    assert qc.combine_agreement(0.8, 1.7) == pytest.approx(np.sqrt(0.8))
+
+
+def test_qc_table_uses_agreement(cohort, toy):
+    prior = qc.build_shape_prior(cohort)
+    masks = np.stack([toy[1], toy[1], toy[1]])
+    base = qc.qc_table(["a", "b", "c"], masks, qc.QCParams(), prior)
+    table = qc.qc_table(["a", "b", "c"], masks, qc.QCParams(), prior, np.array([1.0, 0.2, np.nan]))
+    for col in ("f_stability", "q_stability", "q_shape"):
+        assert col in table.columns
+    assert table["q_shape"].tolist() == pytest.approx(base["qc_score"].tolist())
+    assert table["qc_score"][0] == pytest.approx(np.sqrt(base["qc_score"][0]))
+    assert table["qc_score"][2] == pytest.approx(base["qc_score"][2])  # unknown agreement: shape alone
+    assert base["qc_pass"][1] and not table["qc_pass"][1]  # an unstable mask fails
+    with pytest.raises(ValueError, match="agreement has"):
+        qc.qc_table(["a"], masks[:1], qc.QCParams(), prior, np.array([1.0, 1.0]))
+
+
+def test_agreement_for_aligns_by_id():
+    import pandas as pd
+
+    stats = pd.DataFrame({"image_id": ["b", "a"], "stability": [0.5, 0.9], "tta_dice": [0.7, 0.8]})
+    assert qc.agreement_for(["a", "b", "z"], stats, "stability")[:2].tolist() == [0.9, 0.5]
+    assert np.isnan(qc.agreement_for(["z"], stats, "stability")[0])
+    assert qc.agreement_for(["a"], stats, "tta_dice").tolist() == [0.8]
+    with pytest.raises(ValueError, match="no column"):
+        qc.agreement_for(["a"], stats, "confidence")
+
+
+def test_cli_qc_reads_stats(cohort, toy, tmp_path):
+    import pandas as pd
+
+    from lungssl.cli import main
+    from lungssl.storage import write_mask_stack
+
+    masks = np.stack([toy[1], toy[1]])
+    write_mask_stack(tmp_path / "m.npz", ["a", "b"], masks)
+    qc.save_prior(qc.build_shape_prior(cohort), tmp_path / "prior.npz")
+    pd.DataFrame({"image_id": ["a", "b"], "stability": [1.0, 0.1], "tta_dice": [0.2, 1.0]}).to_parquet(
+        tmp_path / "stats.parquet")
+    common = ["qc", "--masks", str(tmp_path / "m.npz"), "--prior", str(tmp_path / "prior.npz")]
+    assert main([*common, "--stats", str(tmp_path / "stats.parquet"), "--out", str(tmp_path / "q.parquet")]) in (0, None)
+    t = pd.read_parquet(tmp_path / "q.parquet")
+    assert t["f_stability"].tolist() == [1.0, 0.1] and t["qc_pass"].tolist() == [True, False]
+    assert main([*common, "--stats", str(tmp_path / "stats.parquet"), "--agreement", "tta_dice",
+                 "--out", str(tmp_path / "t.parquet")]) in (0, None)
+    assert pd.read_parquet(tmp_path / "t.parquet")["f_stability"].tolist() == [0.2, 1.0]
+    assert main([*common, "--out", str(tmp_path / "s.parquet")]) in (0, None)
+    assert "f_stability" not in pd.read_parquet(tmp_path / "s.parquet").columns

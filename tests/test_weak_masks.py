@@ -209,3 +209,40 @@ def test_params_from_config_accepts_pair_parameters():
     p = wm.WeakMaskParams.from_config({"method": "pair", "pair_percentiles": [20, 40], "pair_marker_dilate_px": 10})
     assert p.method == "pair" and p.pair_percentiles == (20, 40) and p.pair_marker_dilate_px == 10
     assert wm.WeakMaskParams().method == "pair"  # the most accurate method is the default
+
+
+# ---------------------------------------------------------------- stability (label-free QC signal)
+
+def test_stability_is_high_for_clean_lungs_and_mask_unchanged(toy):
+    image, _ = toy
+    mask, stability = wm.pair_mask_with_stability(image)
+    assert np.array_equal(mask, wm.pair_mask(image))
+    assert stability > 0.95
+
+
+def test_stability_is_low_for_ambiguous_edges(toy):
+    import cv2
+
+    image = cv2.GaussianBlur(toy[0], (0, 0), 15)  # lung boundaries become long ramps: no edge to snap to
+    _, stability = wm.pair_mask_with_stability(image)
+    assert stability < 0.85 < wm.pair_mask_with_stability(toy[0])[1]
+
+
+def test_stability_of_blank_image_is_zero_and_can_be_switched_off(toy):
+    assert wm.pair_mask_with_stability(np.full((128, 128), 90, np.uint8))[1] == 0.0
+    assert np.isnan(wm.pair_mask_with_stability(toy[0], wm.WeakMaskParams(stability=()))[1])
+    assert np.isnan(wm.weak_mask_with_stability(toy[0], wm.WeakMaskParams(method="baseline"))[1])
+
+
+def test_weak_masks_with_stability_matches_stack(toy):
+    image, _ = toy
+    masks, stability = wm.weak_masks_with_stability(np.stack([image, image]), wm.WeakMaskParams())
+    assert np.array_equal(masks, wm.weak_masks(np.stack([image, image]), wm.WeakMaskParams()))
+    assert stability.shape == (2,) and stability[0] == stability[1] and 0 <= stability[0] <= 1
+
+
+def test_stability_params_from_config():
+    p = wm.WeakMaskParams.from_config({"stability": ["marker"], "stability_marker_scale": 1.5})
+    assert p.stability == ("marker",) and p.stability_marker_scale == 1.5
+    with pytest.raises(ValueError, match="stability perturbation"):
+        wm.WeakMaskParams.from_config({"stability": ["jitter"]})
