@@ -44,3 +44,27 @@ def test_weak_mask_dice_on_dev_set(dev_decoded, method, floor_mean, floor_p10):
     # Regression floors, just under what was measured on 2026-11-26:
     # pair 0.893 mean / 0.851 p10, baseline 0.424 mean.
     assert summary["mean"] >= floor_mean and summary["p10"] >= floor_p10
+
+
+def test_qc_knows_the_quality_of_the_weak_masks(dev_decoded):
+    """Cohort QC + stability on the dev set: ranking and pass/fail against the true Dice."""
+    from scipy.stats import spearmanr
+
+    from lungssl.qc import QCParams, build_shape_prior, qc_table
+    from lungssl.weak_masks import weak_masks_with_stability
+
+    table, images, mask_ids, truths = dev_decoded
+    masks, stability = weak_masks_with_stability(images, WeakMaskParams())
+    ids = table.loc[table["accepted"]].sort_values("row")["image_id"].tolist()
+    qc = qc_table(ids, masks, QCParams(), build_shape_prior(masks), agreement=stability).set_index("image_id")
+    truth = dict(zip(mask_ids, truths))
+    true_dice = np.array([dice(m, truth[i]) for i, m in zip(ids, masks)])
+    rho = spearmanr(qc.loc[ids, "qc_score"], true_dice).statistic
+    passed = qc.loc[ids, "qc_pass"].to_numpy(bool)
+    precision = float(np.mean(true_dice[passed] >= 0.85))
+    recall = float(np.mean(passed[true_dice >= 0.85]))
+    print(f"\nQC on dev weak masks: Spearman {rho:.3f}, precision {precision:.3f}, recall {recall:.3f}, "
+          f"pass rate {passed.mean():.3f}")
+    # Floors just under what was measured on 2026-11-26 (0.572 / 0.942 / 0.926); the issue's
+    # Spearman target is 0.6, not yet reached.
+    assert rho >= 0.55 and precision >= 0.90 and recall >= 0.85
