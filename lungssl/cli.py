@@ -260,7 +260,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from lungssl.inference import predict_folder
 
     n_ok, rejected = predict_folder(Path(a.model), [Path(p) for p in a.input], Path(a.output),
-                                    overlay=a.overlay, device=a.device, batch_size=a.batch_size)
+                                    overlay=a.overlay, device=a.device, batch_size=a.batch_size,
+                                    lr_labels=a.lr_labels)
     log.info("wrote %d masks to %s; %d files rejected", n_ok, a.output, len(rejected))
     return 3 if rejected else 0
 
@@ -408,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", required=True, help="folders (scanned recursively) and/or files")
     p.add_argument("--output", required=True)
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    p.add_argument("--lr-labels", action="store_true",
+                   help="also write <stem>_lr.png (1 = lung on the image's left, 2 = right) and left_right.csv")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=16)
     return parser

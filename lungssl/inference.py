@@ -74,6 +74,21 @@ def draw_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def left_right_labels(mask: np.ndarray) -> tuple[np.ndarray, str]:
+    """Label image (0 background, 1 lung on the image's left, 2 on its right) and a plausibility
+    verdict: "" when the pair looks like two lungs, else the reason it does not."""
+    from lungssl.qc import split_lungs
+
+    _, left, right = split_lungs(mask)
+    labels = left.astype(np.uint8) + 2 * right.astype(np.uint8)
+    a, b = int(left.sum()), int(right.sum())
+    if not a or not b:
+        return labels, "only one lung found"
+    if max(a, b) > 3 * min(a, b):  # lungs differ in size, but not threefold
+        return labels, f"lung areas differ {max(a, b) / min(a, b):.1f}-fold"
+    return labels, ""
+
+
 def _output_stem(path, roots, out_dir, used: set):
     from pathlib import Path
 
@@ -91,8 +106,12 @@ def _output_stem(path, roots, out_dir, used: set):
 
 
 def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: str = "auto",
-                   batch_size: int = 16, progress: bool | None = None) -> tuple[int, list[tuple[str, str]]]:
-    """Masks (0/255 PNG, each at its input's size) for folders and files; returns (written, rejected)."""
+                   batch_size: int = 16, progress: bool | None = None, lr_labels: bool = False
+                   ) -> tuple[int, list[tuple[str, str]]]:
+    """Masks (0/255 PNG, each at its input's size) for folders and files; returns (written, rejected).
+
+    With lr_labels, also <stem>_lr.png (0/1/2 = background / image-left / image-right lung) and
+    left_right.csv saying for each image whether the pair is plausible."""
     import sys
 
     import pandas as pd
@@ -108,7 +127,7 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
     files = [f for p in inputs for f in (find_files(p) if p.is_dir() else [p])]
     if not files:
         raise ValueError(f"no X-ray images found in {', '.join(map(str, inputs))}")
-    rejected, used, written = [], set(), 0
+    rejected, used, written, lr_rows = [], set(), 0, []
     bar = tqdm(total=len(files), unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
     for start in range(0, len(files), batch_size):
         batch = []
@@ -125,9 +144,15 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
                 write_png(stem.with_name(stem.name + ".png"), mask.astype(np.uint8) * 255)
                 if overlay:
                     write_png(stem.with_name(stem.name + "_overlay.png"), draw_overlay(px, mask))
+                if lr_labels:
+                    labels, problem = left_right_labels(mask)
+                    write_png(stem.with_name(stem.name + "_lr.png"), labels)
+                    lr_rows.append((str(path), problem == "", problem))
                 written += 1
         bar.update(len(files[start:start + batch_size]))
     bar.close()
+    if lr_rows:
+        pd.DataFrame(lr_rows, columns=["path", "plausible", "problem"]).to_csv(out_dir / "left_right.csv", index=False)
     if rejected:
         out_dir.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rejected, columns=["path", "reason"]).to_csv(out_dir / "rejected.csv", index=False)

@@ -159,19 +159,34 @@ def test_to_mask_and_clean_mask():
     assert mask.shape == (64, 48) and not mask[60:, 45:].any() and mask[30, 10]
 
 
+def test_left_right_labels_and_plausibility():
+    from lungssl.inference import left_right_labels
+
+    mask = np.zeros((64, 64), bool)
+    mask[10:50, 5:25] = mask[10:50, 35:58] = True
+    labels, problem = left_right_labels(mask)
+    assert problem == "" and labels[30, 10] == 1 and labels[30, 40] == 2 and labels[5, 5] == 0
+    mask[:, 35:] = False
+    assert left_right_labels(mask)[1] == "only one lung found"
+    mask[10:14, 40:44] = True
+    assert "differ" in left_right_labels(mask)[1]
+
+
 def test_predict_folder_writes_masks_at_input_size_and_reports_rejects(tmp_path):
     model = build_model(SPEC)
     save_model(tmp_path / "m.pt", model, SPEC, {})
     write_png(tmp_path / "in" / "a.png", toy_radiograph(100)[0])
     write_png(tmp_path / "in" / "sub" / "b.png", toy_radiograph(90, seed=1)[0][:, :70])
     (tmp_path / "in" / "bad.png").write_text("no image")
-    n, rejected = predict_folder(tmp_path / "m.pt", [tmp_path / "in"], tmp_path / "out", overlay=True)
+    n, rejected = predict_folder(tmp_path / "m.pt", [tmp_path / "in"], tmp_path / "out", overlay=True,
+                                 lr_labels=True)
     assert n == 2 and [Path(p).name for p, _ in rejected] == ["bad.png"]
     import cv2
 
     mask = cv2.imread(str(tmp_path / "out" / "sub" / "b.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (90, 70) and set(np.unique(mask)) <= {0, 255}
     assert (tmp_path / "out" / "a_overlay.png").is_file() and (tmp_path / "out" / "rejected.csv").is_file()
+    assert (tmp_path / "out" / "a_lr.png").is_file() and len(pd.read_csv(tmp_path / "out" / "left_right.csv")) == 2
 
 
 # ---------------------------------------------------------------- round chain
