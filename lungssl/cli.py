@@ -17,8 +17,8 @@ import pandas as pd
 
 from lungssl import __version__
 from lungssl.self_learning import BrokenRoundChain
-from lungssl.storage import (atomic_path, read_image_stack, read_mask_stack, write_image_stack, write_json,
-                             write_mask_stack, write_parquet)
+from lungssl.storage import (atomic_path, mask_stack_size, read_image_stack, read_mask_stack, write_image_stack,
+                             write_json, write_mask_stack, write_parquet)
 
 log = logging.getLogger("lungssl")
 
@@ -109,7 +109,7 @@ def cmd_shape_prior(a: argparse.Namespace) -> None:
 
 def _sampled_masks(paths: list[str], max_masks: int, seed: int):
     """A seeded sample of at most max_masks masks, streamed shard by shard (memory stays bounded)."""
-    counts = [len(read_mask_stack(p)[0]) for p in paths]
+    counts = [mask_stack_size(p) for p in paths]
     keep_share = min(1.0, max_masks / max(sum(counts), 1))
     rng = np.random.default_rng(seed)
     for path in paths:
@@ -191,8 +191,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     stacks = {Path(p).stem: Path(p) for p in a.images}
     qc = pd.read_parquet(a.qc) if a.qc else None
     targets = [Path(p) for p in a.targets]
-    train = collect_targets(manifest, stacks, targets, "train", spec.size, qc, passed_only=True)
-    val = collect_targets(manifest, stacks, targets, "val", spec.size, qc, passed_only=True)
+    sets = collect_targets(manifest, stacks, targets, ("train", "val"), spec.size, qc, passed_only=True)
+    train, val = sets["train"], sets["val"]
     log.info("%s: %d training and %d validation targets", a.stage, len(train.table), len(val.table))
     metrics = train_model(train, val, spec, params, Path(a.out), Path(a.state),
                           Path(a.init) if a.init else None, a.threads, meta)

@@ -94,3 +94,9 @@ def read_mask_stack(path: Path | str) -> tuple[list[str], np.ndarray]:
         count = int(np.prod(shape))
         masks = np.unpackbits(data["bits"], count=count).reshape(shape).astype(bool)
         return [str(i) for i in data["ids"]], masks
+
+
+def mask_stack_size(path: Path | str) -> int:
+    """Number of masks in a stack, read from its header only (no unpacking)."""
+    with np.load(path) as data:
+        return int(data["shape"][0])

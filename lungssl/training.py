@@ -64,9 +64,11 @@ class TrainingSet:
 
 
 def collect_targets(manifest: pd.DataFrame, image_stacks: dict[str, Path], mask_files: list[Path],
-                    split: str, size: int, qc: pd.DataFrame | None = None, passed_only: bool = True) -> TrainingSet:
-    """Targets for `split`: masks from mask_files, kept only where QC passed (if a QC table is given)."""
-    rows = manifest[manifest["split"] == split][["image_id", "shard", "row"]].copy()
+                    splits: tuple[str, ...], size: int, qc: pd.DataFrame | None = None,
+                    passed_only: bool = True) -> dict[str, TrainingSet]:
+    """Targets per split: masks from mask_files, kept only where QC passed (if a QC table is given).
+    The mask files are read once for all splits."""
+    rows = manifest[manifest["split"].isin(splits)][["image_id", "shard", "row", "split"]].copy()
     rows["weight"] = 1.0
     if qc is not None:
         rows = rows.merge(qc[["image_id", "qc_score", "qc_pass"]], on="image_id", how="inner")
@@ -78,9 +80,13 @@ def collect_targets(manifest: pd.DataFrame, image_stacks: dict[str, Path], mask_
     for path in mask_files:
         ids, masks = read_mask_stack(path)
         packed.update({iid: np.packbits(m) for iid, m in zip(ids, masks) if iid in wanted})
-    rows = rows[rows["image_id"].isin(packed)].sort_values("image_id").reset_index(drop=True)
-    return TrainingSet(table=rows[["image_id", "shard", "row", "weight"]], stacks=image_stacks,
-                       packed=packed, size=size)
+    rows = rows[rows["image_id"].isin(packed)].sort_values("image_id")
+    sets = {}
+    for split in splits:
+        part = rows[rows["split"] == split].reset_index(drop=True)
+        sets[split] = TrainingSet(table=part[["image_id", "shard", "row", "weight"]], stacks=image_stacks,
+                                  packed={iid: packed[iid] for iid in part["image_id"]}, size=size)
+    return sets
 
 
 def build_augment(p: TrainParams, seed: int):

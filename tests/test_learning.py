@@ -83,7 +83,7 @@ def _toy_set(tmp_path: Path, n: int = 12, size: int = 64):
 
 def test_collect_targets_keeps_only_qc_passed_of_the_split(tmp_path):
     manifest, stacks, targets, qc = _toy_set(tmp_path)
-    train = collect_targets(manifest, stacks, targets, "train", 64, qc)
+    train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
     assert "img1" not in set(train.table["image_id"]) and len(train.table) == 8
     assert set(train.table["image_id"]).isdisjoint(manifest.loc[manifest.split == "val", "image_id"])
 
@@ -100,8 +100,8 @@ FAST = TrainParams(epochs=3, min_epochs=1, batch_size=4, lr=1e-3, early_stop=Fal
 
 def test_training_learns_and_is_reproducible(tmp_path):
     manifest, stacks, targets, qc = _toy_set(tmp_path)
-    train = collect_targets(manifest, stacks, targets, "train", 64, qc)
-    val = collect_targets(manifest, stacks, targets, "val", 64, qc)
+    train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
+    val = collect_targets(manifest, stacks, targets, ("val",), 64, qc)["val"]
     m1 = train_model(train, val, SPEC, FAST, tmp_path / "a.pt", tmp_path / "a_state.pt")
     m2 = train_model(train, val, SPEC, FAST, tmp_path / "b.pt", tmp_path / "b_state.pt")
     assert list(m1["epoch"]) == [1, 2, 3] and m1["chosen"].iloc[-1]
@@ -111,7 +111,7 @@ def test_training_learns_and_is_reproducible(tmp_path):
 
 def test_training_resumes_after_interruption(tmp_path):
     manifest, stacks, targets, qc = _toy_set(tmp_path)
-    train = collect_targets(manifest, stacks, targets, "train", 64, qc)
+    train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
     full = train_model(train, None, SPEC, FAST, tmp_path / "full.pt", tmp_path / "full_state.pt")
     # An interrupted job: only 2 of 3 epochs done, its state left behind.
     two = TrainParams(**{**FAST.__dict__, "epochs": 2})
@@ -126,7 +126,7 @@ def test_training_resumes_after_interruption(tmp_path):
 
 def test_corrupt_resume_state_restarts_cleanly(tmp_path):
     manifest, stacks, targets, qc = _toy_set(tmp_path)
-    train = collect_targets(manifest, stacks, targets, "train", 64, qc)
+    train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
     (tmp_path / "state.pt").write_bytes(b"half-written")
     m = train_model(train, None, SPEC, FAST, tmp_path / "m.pt", tmp_path / "state.pt")
     assert list(m["epoch"]) == [1, 2, 3]
@@ -135,7 +135,7 @@ def test_corrupt_resume_state_restarts_cleanly(tmp_path):
 def test_training_refuses_an_empty_target_set(tmp_path):
     manifest, stacks, targets, qc = _toy_set(tmp_path)
     qc["qc_pass"] = False
-    train = collect_targets(manifest, stacks, targets, "train", 64, qc)
+    train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
     with pytest.raises(ValueError, match="no training images"):
         train_model(train, None, SPEC, FAST, tmp_path / "m.pt", tmp_path / "s.pt")
     assert not (tmp_path / "m.pt").exists()

@@ -20,6 +20,7 @@ def test_mask_stack_round_trip(tmp_path):
     storage.write_mask_stack(tmp_path / "m.npz", ["a", "b", "c"], masks)
     ids, back = storage.read_mask_stack(tmp_path / "m.npz")
     assert ids == ["a", "b", "c"] and np.array_equal(back, masks)
+    assert storage.mask_stack_size(tmp_path / "m.npz") == 3
 
 
 def test_empty_mask_stack_round_trip(tmp_path):
