@@ -17,6 +17,7 @@ include: "rules/self_learning.smk"
 include: "rules/final.smk"
 include: "rules/supervised.smk"
 include: "rules/evaluate.smk"
+include: "rules/heatmaps.smk"
 
 
 rule all:

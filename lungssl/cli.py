@@ -256,12 +256,115 @@ def cmd_round_status(a: argparse.Namespace) -> None:
     log.info("QC: %s", json.dumps(summarize(qc, float("nan"))))
 
 
+def _heat_params(a: argparse.Namespace):
+    from lungssl.heatmaps import HeatmapParams
+
+    return HeatmapParams.from_config(json.loads(a.params))
+
+
+def _shard_inputs(a: argparse.Namespace) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, images, masks) of one shard, the masks checked to belong to the images."""
+    table = pd.read_parquet(a.table)
+    table = table[table["accepted"]].sort_values("row")
+    ids, masks = read_mask_stack(a.masks)
+    if ids != table["image_id"].tolist():
+        raise ValueError(f"{a.masks} does not hold the masks of the images of {a.table}")
+    return ids, read_image_stack(a.images), masks
+
+
+def cmd_heatmap_codes(a: argparse.Namespace) -> None:
+    from lungssl.heatmaps import image_code
+    from lungssl.storage import write_npz
+
+    p = _heat_params(a)
+    ids, images, masks = _shard_inputs(a)
+    codes = [image_code(np.asarray(im), m, p) for im, m in zip(images, masks)]
+    atlases = np.stack([c.atlas for c in codes]) if codes else np.zeros((0, p.grid, p.grid), np.float32)
+    write_npz(a.out, ids=np.asarray(ids, dtype=str), atlas=atlases.astype(np.float16),
+              deficit=np.asarray([c.deficit for c in codes], np.float32))
+    log.info("atlas codes of %d images", len(ids))
+
+
+def cmd_heatmap_model(a: argparse.Namespace) -> None:
+    from lungssl.heatmaps import choose_reference, fit_normal_model
+
+    p = _heat_params(a)
+    ids, deficits, where = [], [], []
+    for k, path in enumerate(a.codes):
+        with np.load(path) as z:
+            ids += [str(i) for i in z["ids"]]
+            deficits.append(z["deficit"])
+            where += [(k, i) for i in range(len(z["ids"]))]
+    deficits = np.concatenate(deficits) if deficits else np.zeros(0)
+    if a.normal_label:
+        labels = pd.read_parquet(a.manifest, columns=["image_id", "label"]).set_index("image_id")["label"]
+        chosen = np.flatnonzero(labels.reindex(ids).eq(a.normal_label).to_numpy())
+        if chosen.size == 0:
+            raise ValueError(f"no image carries the label {a.normal_label!r} given as heatmaps.normal_label")
+        how = f"the {chosen.size} images labelled {a.normal_label!r}"
+    else:
+        chosen = choose_reference(deficits, p, a.seed)
+        how = f"the {chosen.size} images (of {len(ids)}) whose lung field the mask fills most completely"
+    model = fit_normal_model(_gather_atlases(a.codes, [where[i] for i in chosen]), p)
+    model.save(a.out)
+    log.info("normal lung model from %s", how)
+
+
+def _gather_atlases(paths: list[str], picks: list[tuple[int, int]]) -> np.ndarray:
+    # One shard file open at a time: memory follows the reference size, not the data set's.
+    by_file: dict[int, list[int]] = {}
+    for k, i in picks:
+        by_file.setdefault(k, []).append(i)
+    parts = []
+    for k, rows in sorted(by_file.items()):
+        with np.load(paths[k]) as z:
+            parts.append(z["atlas"][rows].astype(np.float32))
+    return np.concatenate(parts)
+
+
+def cmd_heatmap(a: argparse.Namespace) -> None:
+    from lungssl.heatmaps import SCORE_COLUMNS, NormalModel, draw_heat_overlay, heatmap, heatmap_scores, quantise
+    from lungssl.storage import write_npz, write_png
+
+    p = _heat_params(a)
+    model = NormalModel.load(a.model)
+    ids, images, masks = _shard_inputs(a)
+    overlays = Path(a.overlays)
+    overlays.mkdir(parents=True, exist_ok=True)
+    heats, rows = [], []
+    for image_id, im, m in zip(ids, images, masks):
+        z = heatmap(np.asarray(im), m, model, p)
+        heats.append(quantise(z))
+        rows.append({"image_id": image_id, **heatmap_scores(z, m, p)})
+        write_png(overlays / f"{image_id}.png", draw_heat_overlay(np.asarray(im), z, p.flag_z))
+    n = images.shape[1] if len(images) else 0
+    write_npz(a.out, ids=np.asarray(ids, dtype=str),
+              heat=np.stack(heats) if heats else np.zeros((0, n, n), np.uint8))
+    write_parquet(pd.DataFrame(rows, columns=["image_id", *SCORE_COLUMNS]), a.scores)
+    log.info("heatmaps of %d images", len(ids))
+
+
+def cmd_heatmap_merge(a: argparse.Namespace) -> None:
+    from lungssl.heatmaps import auc_table
+    from lungssl.plots import roc_plot
+
+    scores = pd.concat([pd.read_parquet(p) for p in a.inputs], ignore_index=True)
+    write_parquet(scores, a.out)
+    manifest = pd.read_parquet(a.manifest, columns=["image_id", "label", "rel_path"])
+    aucs = auc_table(scores, manifest, a.positive, a.negative)
+    with atomic_path(a.auc) as tmp:
+        aucs.to_csv(tmp, index=False)
+    roc_plot(scores, manifest, a.positive, a.negative, a.roc)
+    log.info("heatmap scores of %d images; ROC AUC: %s", len(scores),
+             aucs.to_dict("records") if len(aucs) else f"not measured (no {a.positive}/{a.negative} labels)")
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
     from lungssl.inference import predict_folder
 
     n_ok, rejected = predict_folder(Path(a.model), [Path(p) for p in a.input], Path(a.output),
                                     overlay=a.overlay, device=a.device, batch_size=a.batch_size,
-                                    lr_labels=a.lr_labels)
+                                    lr_labels=a.lr_labels, heat_model=a.heatmaps)
     log.info("wrote %d masks to %s; %d files rejected", n_ok, a.output, len(rejected))
     return 3 if rejected else 0
 
@@ -273,6 +376,13 @@ def _add(sub, name: str, func, help_: str, epilog: str = "") -> argparse.Argumen
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=func)
     return p
+
+
+def _heat_shard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", required=True, help="the shard's image stack")
+    p.add_argument("--masks", required=True, help="the shard's lung masks (final model predictions)")
+    p.add_argument("--table", required=True, help="the shard's ingest table")
+    p.add_argument("--params", default="{}", help="JSON of heatmap parameters")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -401,9 +511,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", nargs="+", required=True, help="status files, pseudo-masks, QC tables, models")
     p.add_argument("--out", required=True)
 
+    p = _add(sub, "heatmap-codes", cmd_heatmap_codes,
+             "one shard's lung fields on the atlas grid, for learning the normal lung appearance")
+    _heat_shard_args(p)
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "heatmap-model", cmd_heatmap_model,
+             "robust model of normal lung appearance from the cohort's atlas codes",
+             "By default from the images whose lung field the mask fills most completely;\n"
+             "--normal-label NORMAL learns it from the images the manifest labels NORMAL instead.")
+    p.add_argument("--codes", nargs="+", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--params", default="{}", help="JSON of heatmap parameters")
+    p.add_argument("--normal-label")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "heatmap", cmd_heatmap, "heatmaps of suspicious opacities inside the lungs for one shard",
+             "example: lungssl heatmap --images results/images/0000.npy --masks results/predictions/final/0000.npz \\\n"
+             "  --table results/ingest/shards/0000.parquet --model results/heatmaps/normal_model.npz \\\n"
+             "  --out heat.npz --scores scores.parquet --overlays overlays/")
+    _heat_shard_args(p)
+    p.add_argument("--model", required=True, help="normal lung model (from heatmap-model)")
+    p.add_argument("--out", required=True, help="heatmaps, uint8 in steps of 1/32 robust SD")
+    p.add_argument("--scores", required=True)
+    p.add_argument("--overlays", required=True, help="folder for one overlay PNG per image")
+
+    p = _add(sub, "heatmap-merge", cmd_heatmap_merge,
+             "merge per-shard heatmap scores; ROC AUC where the manifest has image labels (measuring only)")
+    p.add_argument("--inputs", nargs="+", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--positive", default="PNEUMONIA")
+    p.add_argument("--negative", default="NORMAL")
+    p.add_argument("--out", required=True)
+    p.add_argument("--auc", required=True)
+    p.add_argument("--roc", required=True)
+
     p = _add(sub, "predict", cmd_predict, "lung masks for any X-rays with a trained model",
              "examples:\n  lungssl predict --model results/final/model.pt --input xrays/ --output masks/\n"
-             "  lungssl predict --model model.pt --input a.dcm b.png --output out/ --overlay\n\n"
+             "  lungssl predict --model model.pt --input a.dcm b.png --output out/ --overlay\n"
+             "  lungssl predict --model results/final/model.pt --input xrays/ --output out/ \\\n"
+             "      --heatmaps results/heatmaps/normal_model.npz\n\n"
              "exit codes: 0 all written, 3 some inputs rejected (see OUTPUT/rejected.csv), 2 error")
     p.add_argument("--model", required=True)
     p.add_argument("--input", nargs="+", required=True, help="folders (scanned recursively) and/or files")
@@ -411,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     p.add_argument("--lr-labels", action="store_true",
                    help="also write <stem>_lr.png (1 = lung on the image's left, 2 = right) and left_right.csv")
+    p.add_argument("--heatmaps", metavar="NORMAL_MODEL",
+                   help="also write <stem>_heat.png and heatmap_scores.csv, with the normal lung model "
+                   "of a workflow run (results/heatmaps/normal_model.npz)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=16)
     return parser

@@ -106,12 +106,13 @@ def _output_stem(path, roots, out_dir, used: set):
 
 
 def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: str = "auto",
-                   batch_size: int = 16, progress: bool | None = None, lr_labels: bool = False
-                   ) -> tuple[int, list[tuple[str, str]]]:
+                   batch_size: int = 16, progress: bool | None = None, lr_labels: bool = False,
+                   heat_model=None) -> tuple[int, list[tuple[str, str]]]:
     """Masks (0/255 PNG, each at its input's size) for folders and files; returns (written, rejected).
 
     With lr_labels, also <stem>_lr.png (0/1/2 = background / image-left / image-right lung) and
-    left_right.csv saying for each image whether the pair is plausible."""
+    left_right.csv saying for each image whether the pair is plausible. With heat_model (a normal
+    lung model from the workflow's heatmap stage), also <stem>_heat.png and heatmap_scores.csv."""
     import sys
 
     import pandas as pd
@@ -124,6 +125,7 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
 
     dev = pick_device(device)
     model, spec, _ = load_model(model_path, dev)
+    heat = _HeatWriter(heat_model) if heat_model else None
     files = [f for p in inputs for f in (find_files(p) if p.is_dir() else [p])]
     if not files:
         raise ValueError(f"no X-ray images found in {', '.join(map(str, inputs))}")
@@ -148,12 +150,39 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
                     labels, problem = left_right_labels(mask)
                     write_png(stem.with_name(stem.name + "_lr.png"), labels)
                     lr_rows.append((str(path), problem == "", problem))
+                if heat:
+                    heat(path, stem, px, mask)
                 written += 1
         bar.update(len(files[start:start + batch_size]))
     bar.close()
     if lr_rows:
         pd.DataFrame(lr_rows, columns=["path", "plausible", "problem"]).to_csv(out_dir / "left_right.csv", index=False)
+    if heat:
+        heat.table().to_csv(out_dir / "heatmap_scores.csv", index=False)
     if rejected:
         out_dir.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rejected, columns=["path", "reason"]).to_csv(out_dir / "rejected.csv", index=False)
     return written, rejected
+
+
+class _HeatWriter:
+    """Writes <stem>_heat.png per image and collects its scores (for predict_folder)."""
+
+    def __init__(self, model_path):
+        from lungssl.heatmaps import NormalModel
+
+        self.model = NormalModel.load(model_path)
+        self.params, self.rows = self.model.params, []
+
+    def __call__(self, path, stem, image: np.ndarray, mask: np.ndarray) -> None:
+        from lungssl.heatmaps import draw_heat_overlay, heatmap_any_size
+        from lungssl.storage import write_png
+
+        z, scores = heatmap_any_size(image, mask, self.model, self.params)
+        write_png(stem.with_name(stem.name + "_heat.png"), draw_heat_overlay(image, z, self.params.flag_z))
+        self.rows.append({"path": str(path), **scores})
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)

@@ -46,3 +46,33 @@ def learning_curve(metrics, path: Path | str, title: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def roc_plot(scores, manifest, positive: str, negative: str, path: Path | str) -> None:
+    """ROC curve of the heatmap score, one line per labelled subset; a note where there are no labels."""
+    from lungssl.heatmaps import roc_curve
+
+    t = scores.merge(manifest, on="image_id")
+    t = t[t["label"].isin([positive, negative])]
+    t = t.assign(subset=t["rel_path"].map(lambda r: r.split("/")[0] if "/" in r else ""))
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    drawn = 0
+    for subset, part in [("all", t), *((s, g) for s, g in t.groupby("subset") if s)]:
+        y = part["label"].eq(positive).to_numpy()
+        if y.all() or not y.any():
+            continue
+        fpr, tpr, auc = roc_curve(part["score"].to_numpy(), y)
+        ax.plot(fpr, tpr, label=f"{subset}: AUC {auc:.3f} (n={len(part)})")
+        drawn += 1
+    ax.plot([0, 1], [0, 1], color="grey", ls=":")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate",
+           title=f"heatmap score: {positive} vs {negative}")
+    if drawn:
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, f"no images labelled {positive} and {negative}:\nnothing to measure",
+                ha="center", va="center")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -77,6 +77,13 @@ def read_image_stack(path: Path | str, mmap: bool = True) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None)
 
 
+def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
+    """Named arrays in one compressed .npz, written atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
 def write_mask_stack(path: Path | str, ids: list[str], masks: np.ndarray) -> None:
     """Binary masks (N x H x W) bit-packed and compressed with their image ids, one file per shard."""
     masks = np.asarray(masks, dtype=bool)

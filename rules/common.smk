@@ -147,4 +147,6 @@ def final_targets(wildcards):
     targets = ["results/final/model.pt", *statuses]
     if has_ground_truth():
         targets.append("results/eval/summary.csv")
+    if config["heatmaps"]["enabled"]:
+        targets.append("results/heatmaps/scores.parquet")
     return targets

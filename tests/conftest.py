@@ -19,6 +19,15 @@ def require_dev_set() -> Path:
     return DEV_SET
 
 
+PNEUMONIA_SET = SHARED_DATA / "chest-xray-pneumonia-224"
+
+
+def require_pneumonia_set() -> Path:
+    if not (PNEUMONIA_SET / "test").is_dir():
+        pytest.skip(f"real-data test: {PNEUMONIA_SET} not found (only CI and developers have ../shared/data)")
+    return PNEUMONIA_SET
+
+
 def toy_radiograph(size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A minimal chest-like image (gray body, two dark lungs, bright mediastinum) and its lung mask."""
     rng = np.random.default_rng(seed)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -87,6 +88,30 @@ def test_predict_cli_on_a_folder(chain_run, tmp_path):
         assert mask.shape == cv2.imread(str(src), cv2.IMREAD_UNCHANGED).shape
         assert (tmp_path / "out" / f"{src.stem}_overlay.png").is_file()
     assert proc.returncode == 0
+
+
+def test_heatmap_stage_covers_every_image(chain_run):
+    r = chain_run / "results"
+    manifest = pd.read_parquet(r / "manifest.parquet")
+    scores = pd.read_parquet(r / "heatmaps/scores.parquet")
+    assert sorted(scores["image_id"]) == sorted(manifest["image_id"])
+    assert scores["score"].notna().all() and (scores["flagged_fraction"].dropna().between(0, 1)).all()
+    overlays = sorted(p.stem for p in (r / "heatmaps/overlays").glob("*/*.png"))
+    assert overlays == sorted(manifest["image_id"])
+    # the synthetic set carries no image labels: nothing to measure, said so rather than invented
+    assert pd.read_csv(r / "heatmaps/auc.csv").empty
+    assert (r / "heatmaps/roc.png").stat().st_size > 1000
+    with np.load(r / "heatmaps/0000.npz") as z:
+        assert z["heat"].dtype == np.uint8 and len(z["ids"]) == z["heat"].shape[0]
+
+
+def test_predict_cli_heatmaps(chain_run, tmp_path):
+    images = sorted((chain_run / "resources/synthetic/images").glob("*.png"))[:2]
+    lungssl("predict", "--model", str(chain_run / "results/final/model.pt"), "--input", *map(str, images),
+            "--output", str(tmp_path / "out"), "--heatmaps", str(chain_run / "results/heatmaps/normal_model.npz"))
+    table = pd.read_csv(tmp_path / "out" / "heatmap_scores.csv")
+    assert len(table) == 2 and {"score", "flagged_fraction", "left_mean_z"} <= set(table.columns)
+    assert all((tmp_path / "out" / f"{p.stem}_heat.png").is_file() for p in images)
 
 
 def test_predict_cli_exit_codes(chain_run, tmp_path):
