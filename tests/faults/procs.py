@@ -1,4 +1,5 @@
-"""Injecting faults into real workflow runs: SIGKILL a job or the whole run, then check what is left."""
+"""Injecting faults into real workflow runs: SIGKILL a job or the whole run, then check what is left.
+(psutil comes with Snakemake, a dependency of the package.)"""
 from __future__ import annotations
 
 import json
