@@ -61,7 +61,7 @@ def cmd_decode(a: argparse.Namespace) -> None:
 
 
 def cmd_manifest(a: argparse.Namespace) -> None:
-    from lungssl.ingest import build_manifest
+    from lungssl.ingest import build_manifest, mask_problems, split_note
 
     files = pd.read_parquet(a.files)
     decoded = pd.concat([pd.read_parquet(p) for p in a.decoded], ignore_index=True)
@@ -74,7 +74,11 @@ def cmd_manifest(a: argparse.Namespace) -> None:
     summary = {"found": len(files), "accepted": len(manifest), "rejected": len(rejected),
                "rejected_reasons": rejected["reason"].value_counts().to_dict(),
                "with_masks": int(manifest["has_mask"].sum()),
-               "split": manifest["split"].value_counts().to_dict(), "patients": int(manifest["group"].nunique())}
+               "split": manifest["split"].value_counts().to_dict(), "patients": int(manifest["group"].nunique()),
+               "masks_set_aside": mask_problems(manifest),
+               "split_note": split_note(dict(zip(manifest["group"], manifest["split"])))}
+    if summary["split_note"]:
+        log.warning("%s", summary["split_note"])
     write_json(summary, a.summary)
     log.info("manifest: %s", json.dumps(summary))
 
@@ -104,7 +108,8 @@ def cmd_shape_prior(a: argparse.Namespace) -> None:
 
     prior = build_shape_prior(_sampled_masks(a.masks, a.max_masks, a.seed))
     save_prior(prior, a.out)
-    log.info("shape prior from %d non-empty masks, %d kept as self-consistent", prior.n_masks, prior.n_kept)
+    log.info("shape prior from %d distinct non-empty masks (%d exact duplicates left out), %d kept as "
+             "self-consistent", prior.n_masks, prior.n_duplicates, prior.n_kept)
 
 
 def _sampled_masks(paths: list[str], max_masks: int, seed: int):
@@ -179,7 +184,7 @@ def _train_params(a: argparse.Namespace):
 
 def cmd_train(a: argparse.Namespace) -> None:
     from lungssl.plots import learning_curve
-    from lungssl.training import collect_targets, train_model
+    from lungssl.training import check_trainable, collect_targets, train_model
 
     spec, params = _train_params(a)
     meta = {"stage": a.stage}
@@ -193,6 +198,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     targets = [Path(p) for p in a.targets]
     sets = collect_targets(manifest, stacks, targets, ("train", "val"), spec.size, qc, passed_only=True)
     train, val = sets["train"], sets["val"]
+    check_trainable(a.stage, train, manifest, qc)
     log.info("%s: %d training and %d validation targets", a.stage, len(train.table), len(val.table))
     metrics = train_model(train, val, spec, params, Path(a.out), Path(a.state),
                           Path(a.init) if a.init else None, a.threads, meta)

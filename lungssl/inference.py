@@ -90,17 +90,25 @@ def left_right_labels(mask: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def _output_stem(path, roots, out_dir, used: set):
+    """Where the outputs for input `path` go: its place under the input folder it came from,
+    always inside out_dir. Names come from the data, so neither a file named "..png" (stem ".")
+    nor an input given as "in/../x.png" may put an output, let alone overwrite an input, elsewhere."""
+    import os
     from pathlib import Path
 
+    path = Path(os.path.normpath(path))
+    parent = Path()
     for root in roots:
-        if root.is_dir() and Path(path).is_relative_to(root):
-            rel = Path(path).relative_to(root)
-            stem = out_dir / rel.parent / rel.stem
+        root = Path(os.path.normpath(root))
+        if root.is_dir() and path.is_relative_to(root):
+            parent = path.relative_to(root).parent  # normalised first: no ".." left in it
             break
-    else:
-        stem = out_dir / Path(path).stem
+    name = path.stem if path.stem not in ("", ".", "..") else path.name
+    stem = out_dir / parent / name
     if stem in used:  # a.png next to a.jpg: keep both
-        stem = stem.with_name(f"{stem.name}.{Path(path).suffix.lstrip('.')}")
+        stem = stem.with_name(f"{stem.name}.{path.suffix.lstrip('.')}")
+    if not Path(os.path.normpath(stem)).is_relative_to(os.path.normpath(out_dir)) or stem.name in (".", ".."):
+        raise ValueError(f"refusing to write outside {out_dir} for input {path}")
     used.add(stem)
     return stem
 

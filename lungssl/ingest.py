@@ -9,6 +9,7 @@ Found = accepted + rejected always holds: nothing is dropped silently.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from lungssl.loader import ImageReadError, file_digest, is_supported, read_image
 from lungssl.presets import get_preset
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+log = logging.getLogger("lungssl.ingest")
 
 
 @dataclass(frozen=True)
@@ -51,14 +53,28 @@ class Source:
 # ---------------------------------------------------------------- scan
 
 def find_files(root: Path) -> list[Path]:
-    """Supported files under root, sorted so that ids and shards are the same on every run."""
+    """Supported files under root, sorted so that ids and shards are the same on every run.
+
+    Symlinked files are read like any file (a broken one is found, then rejected). Symlinked
+    folders are not followed (cycles, whole trees outside the input folder); each one skipped
+    is logged, and so is the number of files of other types, so nothing vanishes unmentioned."""
     if not root.is_dir():
         raise FileNotFoundError(f"input folder does not exist: {root}")
-    found = []
-    # Symlinked folders are not followed (cycles); symlinked files are, like any file.
+    found, folder_links, ignored = [], [], 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        found.extend(Path(dirpath) / f for f in filenames if is_supported(Path(dirpath) / f))
+        folder_links += [os.path.join(dirpath, d) for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        for name in filenames:
+            path = Path(dirpath) / name
+            if is_supported(path):
+                found.append(path)
+            else:
+                ignored += 1
+    if folder_links:
+        log.warning("not following %d symlinked folder(s) under %s: %s", len(folder_links), root,
+                    ", ".join(sorted(folder_links)[:20]))
+    if ignored:
+        log.info("ignored %d file(s) of other types under %s (not PNG, JPEG, TIFF, BMP or DICOM)", ignored, root)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -66,6 +82,8 @@ def image_id(rel: str, prefix: str = "") -> str:
     """A filesystem-safe id from the relative path; a hash suffix keeps it unique when sanitised."""
     base = rel.rsplit(".", 1)[0] if "." in Path(rel).name else rel
     safe = _UNSAFE.sub("_", base.replace("/", "__"))
+    if safe.startswith("."):  # "..png" would give the id ".", "._a.png" a hidden name
+        safe = "_" + safe
     if safe != base.replace("/", "__"):
         safe += "-" + hashlib.sha1(rel.encode()).hexdigest()[:8]
     return f"{prefix}__{safe}" if prefix else safe
@@ -163,8 +181,8 @@ def decode_shard(files: pd.DataFrame, size: int, progress: bool = True
         row = {"image_id": rec.image_id, "accepted": False, "reason": "", "width": 0, "height": 0,
                "bit_depth": 0, "format": "", "sha256": "", "has_mask": False, "mask_reason": ""}
         try:
+            img = read_image(Path(rec.path))  # first: it refuses pipes and devices, which would block a digest
             row["sha256"] = file_digest(Path(rec.path))
-            img = read_image(Path(rec.path))
         except ImageReadError as err:
             row["reason"] = str(err)
         except OSError as err:
@@ -180,7 +198,8 @@ def decode_shard(files: pd.DataFrame, size: int, progress: bool = True
                 masks.append(mask)
         rows.append(row)
     table = pd.DataFrame(rows)
-    table["row"] = table.get("row", pd.Series(dtype=float)).fillna(-1).astype(int)
+    # "row" is only set for accepted files: a shard where every file is rejected has no such column.
+    table["row"] = (table["row"] if "row" in table else pd.Series(-1, index=table.index)).fillna(-1).astype(int)
     stack = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
     mstack = np.stack(masks) if masks else np.zeros((0, size, size), bool)
     return table, stack, mask_ids, mstack
@@ -197,6 +216,23 @@ def assign_split(groups: Sequence[str], val_fraction: float, seed: int) -> dict[
         n_val = min(max(n_val, 1), len(unique) - 1)  # both sides non-empty whenever possible
     val = {unique[i] for i in order[:n_val]}
     return {g: ("val" if g in val else "train") for g in unique}
+
+
+def split_note(split: dict[str, str]) -> str:
+    """What a user should know about the split ("" when both sides have patients)."""
+    sides = set(split.values())
+    if len(split) == 1:
+        return ("only one patient group: every image is in the training split and there is no validation "
+                "split (validation metrics are NaN); set input.group_regex if the images are of several patients")
+    if "val" not in sides:
+        return "no validation split (ingest.val_fraction is 0): validation metrics are NaN"
+    return ""
+
+
+def mask_problems(manifest: pd.DataFrame) -> dict[str, int]:
+    """Ground-truth masks that exist but were set aside (wrong size, unreadable), by reason."""
+    reasons = manifest.loc[manifest["mask_reason"].fillna("") != "", "mask_reason"]
+    return {str(k): int(v) for k, v in reasons.value_counts().items()}
 
 
 def build_manifest(files: pd.DataFrame, decoded: pd.DataFrame, val_fraction: float, seed: int

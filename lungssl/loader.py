@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +52,9 @@ _PERCENTILES = (0.1, 99.9)
 # Percentiles of more pixels than this are taken on a regular subsample: exact enough
 # for a display window, and it keeps 100-megapixel images fast.
 _MAX_WINDOW_SAMPLES = 1 << 24
+# A header may claim any size; beyond this many pixels (32768 x 32768, ten times the largest
+# detector) an image is rejected before a single pixel is allocated.
+MAX_PIXELS = 1 << 30
 
 
 class ImageReadError(ValueError):
@@ -108,11 +113,18 @@ def file_digest(path: Path) -> str:
 
 
 def _file_has_dicom_magic(path: Path) -> bool:
-    try:  # directories, broken links and unreadable files are simply "not DICOM"
+    try:  # directories, broken links, pipes and unreadable files are simply "not DICOM"
+        if not _is_regular(path):
+            return False  # opening a FIFO or a device would block or read forever
         with path.open("rb") as handle:
             return _has_dicom_magic(handle.read(_DICM_OFFSET + 4))
     except OSError:
         return False
+
+
+def _is_regular(path: Path) -> bool:
+    """True for a regular file (after following symlinks); raises OSError for a broken link."""
+    return stat.S_ISREG(os.stat(path).st_mode)
 
 
 def _has_dicom_magic(data: bytes) -> bool:
@@ -131,6 +143,8 @@ def _expected_format(path: Path) -> str:
 def _read_bytes(path: Path) -> bytes:
     # read_bytes rather than cv2.imread: spaces and non-ASCII names work everywhere.
     try:
+        if not _is_regular(path):  # a named pipe would block the job forever, a device never end
+            raise ImageReadError("not a regular file")
         data = path.read_bytes()
     except OSError as err:
         raise ImageReadError(f"cannot read file ({err.strerror or type(err).__name__})") from None
@@ -156,6 +170,7 @@ def _decode_raster(data: bytes, expected_fmt: str) -> tuple[np.ndarray, int, str
         img = Image.open(io.BytesIO(data), formats=_PILLOW_OPENERS)
     except Exception:  # Pillow signals "not an image" with several exception types
         raise ImageReadError(f"not a decodable image ({expected_fmt})") from None
+    _check_pixel_count(*img.size)  # from the header alone: nothing allocated yet
     try:
         # load() inside the try: open() only parses the header, truncation shows up here
         # (as long as ImageFile.LOAD_TRUNCATED_IMAGES stays False, Pillow's default).
@@ -208,9 +223,17 @@ def _decode_dicom(data: bytes, has_magic: bool) -> tuple[np.ndarray, int]:
         # pydicom warnings may quote header values (names, ids): keep them out of the logs.
         warnings.simplefilter("ignore")
         ds = _read_dataset(data, has_magic)
+        _check_pixel_count(*_dicom_size(ds))
         raw = _first_frame(ds, _transfer_syntax(ds))
         gray = _dicom_to_gray(raw, ds)
     return gray, int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+
+
+def _dicom_size(ds: pydicom.Dataset) -> tuple[int, int]:
+    try:
+        return int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
+    except (TypeError, ValueError):  # a malformed size: pixel decoding will say what is wrong
+        return 0, 0
 
 
 def _read_dataset(data: bytes, has_magic: bool) -> pydicom.Dataset:
@@ -355,6 +378,11 @@ def _robust_range(values: np.ndarray) -> tuple[float, float]:
 def _binarise(gray: np.ndarray) -> np.ndarray:
     # 0/1 label masks are common and would vanish entirely under "> 127".
     return gray > 0 if gray.max() == 1 else gray > 127
+
+
+def _check_pixel_count(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageReadError(f"image too large ({width}x{height})")
 
 
 def _validate(pixels: np.ndarray, min_side: int, max_aspect: float) -> None:

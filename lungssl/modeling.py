@@ -64,7 +64,10 @@ def load_encoder_weights(model: torch.nn.Module, path: Path) -> None:
     """Load an (ImageNet) encoder checkpoint from a local file, folding RGB filters into one channel."""
     if not path.is_file():
         raise FileNotFoundError(f"encoder weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # weights_only refuses pickled code: a clear error, nothing executed
+        raise ValueError(f"{path} is not a readable weights file ({type(err).__name__})") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     own = model.encoder.state_dict()
     adapted = {}
@@ -86,8 +89,10 @@ def save_model(path: Path | str, model: torch.nn.Module, spec: ModelSpec, meta: 
     payload = {"format": MODEL_FORMAT, "lungssl_version": __version__, "spec": asdict(spec),
                "normalisation": "per_image_zscore", "threshold": 0.5, "meta": meta,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # To a handle, not a path: torch.save names the archive's records after the file, and the
+    # random temp name would make two identical models differ byte for byte.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def read_model_file(path: Path | str) -> dict:

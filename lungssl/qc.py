@@ -6,6 +6,7 @@ The same QC serves weak masks and every round's pseudo-masks.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -194,8 +195,9 @@ class ShapePrior:
     maps: np.ndarray  # 3 x grid x grid float32 in [0, 1] (PARTS order): share of kept masks per cell
     median: dict[str, float]
     scale: dict[str, float]  # MAD x 1.4826, floored at MIN_SCALE
-    n_masks: int = 0  # non-empty masks seen
+    n_masks: int = 0  # distinct non-empty masks seen
     n_kept: int = 0  # masks the maps and statistics were computed on
+    n_duplicates: int = 0  # exact copies of a mask already seen, left out (not saved)
 
     @property
     def grid(self) -> int:
@@ -304,14 +306,23 @@ def build_shape_prior(masks: Iterable[np.ndarray], grid: int = 64, keep_fraction
     Iterate: mean of the kept masks -> score of every mask against its majority shape -> keep the
     top fraction -> repeat until the kept set stops changing. Trimming to the self-consistent part
     makes the prior robust to the failures it is meant to catch, without any labels.
+    Exact duplicate masks (one study exported several times, in several formats) count once:
+    a cohort dominated by copies would otherwise make them the whole kept half, its spread zero,
+    and every other mask an outlier.
     Streams: keeps each mask only as 3 x grid^2 bits plus a few floats."""
     if not 0 < keep_fraction <= 1:
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
-    packed, feats = [], []
+    packed, feats, seen, duplicates = [], [], set(), 0
     for m in _as_masks(masks):
-        if m.any():
-            packed.append(np.packbits(shape_codes(m, grid).ravel()))
-            feats.append([geometry_features(m)[k] for k in GEOMETRY])
+        if not m.any():
+            continue
+        key = hashlib.blake2b(np.packbits(m).tobytes() + str(m.shape).encode(), digest_size=16).digest()
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        packed.append(np.packbits(shape_codes(m, grid).ravel()))
+        feats.append([geometry_features(m)[k] for k in GEOMETRY])
     if not packed:
         raise ValueError("cannot build a shape prior: every mask is empty")
     cells = grid * grid
@@ -332,7 +343,7 @@ def build_shape_prior(masks: Iterable[np.ndarray], grid: int = 64, keep_fraction
     return ShapePrior(maps=x[keep].mean(axis=0).reshape(3, grid, grid).astype(np.float32),
                       median=dict(zip(GEOMETRY, map(float, median))),
                       scale=dict(zip(GEOMETRY, map(float, scale))),
-                      n_masks=len(x), n_kept=int(keep.sum()))
+                      n_masks=len(x), n_kept=int(keep.sum()), n_duplicates=duplicates)
 
 
 def save_prior(prior: ShapePrior, path: Path | str) -> None:

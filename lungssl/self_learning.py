@@ -66,6 +66,21 @@ class BrokenRoundChain(RuntimeError):
     """The rounds handed to the final stage are not one complete, consistent chain."""
 
 
+class NothingToTrainOn(ValueError):
+    """The loop stopped because no pseudo-mask passed QC: the final stage has no targets."""
+
+
+def check_usable(last: RoundStatus, status_path: Path, model_path: Path) -> None:
+    """A round whose pseudo-masks all failed QC stops the loop; the final stage then fails loudly
+    instead of training on nothing (or silently on something else)."""
+    if last.n_pass == 0:
+        raise NothingToTrainOn(
+            f"round {last.round} stopped the self-learning loop because no pseudo-mask passed QC "
+            f"(0 of {last.n_train} training-split masks; see {status_path}): there is nothing to train the "
+            f"final model on, so none is written. The last trained model is {model_path}; train it longer "
+            "(early_learning.min_epochs, self_learning.min_epochs) or lower qc.cohort_threshold")
+
+
 def verify_chain(status_paths: list[Path], models: dict[int, Path], qc_tables: dict[int, Path]) -> RoundStatus:
     """Check rounds 1..R are all present, only R stops, and each was made by the model it names."""
     statuses = [read_status(p) for p in status_paths]
@@ -101,6 +116,7 @@ def chain_record(inputs: list[Path]) -> dict:
     models = {r: root / str(r - 1) / "model.pt" for r in rounds}
     qcs = {r: root / str(r) / "qc.parquet" for r in rounds}
     last = verify_chain(status_paths, models, qcs)
+    check_usable(last, status_paths[-1], models[last.round])
     pseudo_dir = root / str(last.round) / "pseudo"
     targets = sorted(str(p) for p in inputs if p.parent == pseudo_dir and p.suffix == ".npz")
     if not targets:

@@ -1,10 +1,12 @@
 """Atomic file writes and the on-disk formats shared by every stage.
 
 Every output goes to a temporary sibling first and is renamed into place, so a killed job
-never leaves a file that looks complete (rename is atomic on POSIX within one folder).
+never leaves a file that looks complete (rename is atomic on POSIX within one folder). What a
+killed job leaves is a hidden `.<name>.*.tmp` sibling, removed when the file is next written.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -26,6 +28,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it to `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -35,6 +38,13 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files of earlier writers of `path` that were killed (one job owns each output)."""
+    # mkstemp's random part is 8 characters: the pattern matches this file's temps, no other file's.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def write_bytes(path: Path | str, data: bytes) -> None:

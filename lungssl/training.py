@@ -169,9 +169,25 @@ def epoch_order(n: int, p: TrainParams, epoch: int) -> np.ndarray:
     return np.concatenate([rng.permutation(n) for _ in range(passes)]) if n else np.zeros(0, int)
 
 
+def batches(n: int, batch_size: int) -> list[list[int]]:
+    """Positions 0..n-1 in batches of batch_size, never a batch of one when batch_size > 1.
+
+    BatchNorm cannot normalise a single sample whose deepest feature map is 1 x 1 (a 32 px
+    model): a trailing single item joins the batch before it, and a lone item is doubled, which
+    gives exactly the statistics and gradient of that one item."""
+    out = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+    if batch_size > 1 and out and len(out[-1]) == 1:
+        if len(out) > 1:
+            last = out.pop()
+            out[-1] += last
+        else:
+            out[-1] *= 2
+    return out
+
+
 def _loader(ds: Dataset, p: TrainParams) -> DataLoader:
-    return DataLoader(ds, batch_size=p.batch_size, shuffle=False, num_workers=p.num_workers,
-                      persistent_workers=False, drop_last=False)
+    return DataLoader(ds, batch_sampler=batches(len(ds), p.batch_size), num_workers=p.num_workers,
+                      persistent_workers=False)
 
 
 def run_epoch(model, ds: MaskDataset, p: TrainParams, epoch: int, device, optimizer=None) -> tuple[float, float]:
@@ -230,6 +246,32 @@ def _state_key(spec: ModelSpec, p: TrainParams, train: TrainingSet, init: Path |
     return h.hexdigest()[:16]
 
 
+def check_trainable(stage: str, train: TrainingSet, manifest: pd.DataFrame, qc: pd.DataFrame | None) -> None:
+    """Refuse, with the cause and the knob to turn, a stage left without a single training target."""
+    if len(train.table):
+        return
+    train_ids = manifest.loc[manifest["split"] == "train", "image_id"]
+    scored = qc[qc["image_id"].isin(train_ids)] if qc is not None else pd.DataFrame({"qc_pass": []})
+    raise ValueError(empty_training_message(stage, len(train_ids), len(scored), int(scored["qc_pass"].sum())))
+
+
+def empty_training_message(stage: str, n_split: int, n_scored: int, n_passed: int) -> str:
+    """Why a stage has nothing to train on, and which knob to turn."""
+    if n_scored:
+        what = (f"{stage}: nothing to train on: {n_passed} of the {n_scored} target masks of the {n_split} "
+                "training-split images passed QC, so no model is written")
+    else:
+        what = f"{stage}: nothing to train on: none of the {n_split} training-split images has a target mask, " \
+               "so no model is written"
+    if stage == "early_learning":
+        return (f"{what}. The weak masks all failed QC: see results/qc/weak_summary.json and "
+                "results/qc/weak_hist.png, then lower qc.cohort_threshold (qc.threshold for qc.method: shape) "
+                "or adjust the weak_masks.* parameters")
+    if stage == "supervised":
+        return f"{what}. Without ground-truth masks set supervised.enabled: false"
+    return f"{what}. Lower qc.cohort_threshold or check the model of the previous stage"
+
+
 def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p: TrainParams,
                 out_model: Path, state_path: Path, init_model: Path | None = None,
                 threads: int = 1, meta: dict | None = None) -> pd.DataFrame:
@@ -271,9 +313,9 @@ def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p:
 
 
 def _save_state(path: Path, key: str, model, optimizer, history: list[dict]) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a handle: see modeling.save_model
         torch.save({"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "history": json.dumps(history)}, tmp)
+                    "history": json.dumps(history)}, fh)
 
 
 def _resume(path: Path, key: str, model, optimizer, device) -> tuple[list[dict], int]:

@@ -76,11 +76,13 @@ ROUND_ROOT = "results/rounds"
 
 
 def train_params(epochs, min_epochs=1, early_stop=False, slope_fraction=0.1):
-    """JSON handed to `lungssl train`: the model and the training settings of one stage."""
+    """JSON handed to `lungssl train`: the model and the training settings of one stage.
+    A function of the wildcards, so that braces in a configured path are not taken for wildcards."""
     train = {k: config["train"][k] for k in TRAIN_KEYS}
     train.update(epochs=epochs, min_epochs=min(min_epochs, epochs), early_stop=early_stop,
                  slope_fraction=slope_fraction, seed=config["seed"])
-    return json.dumps({"model": config["model"], "train": train}, sort_keys=True)
+    text = json.dumps({"model": config["model"], "train": train}, sort_keys=True)
+    return lambda wildcards: text
 
 
 def train_mem_mb(wildcards, attempt):

@@ -5,7 +5,7 @@ checkpoint scan:
         files="results/ingest/files.parquet",
         info="results/ingest/scan.json",
     params:
-        sources=json.dumps(SOURCES),
+        sources=lambda wildcards: json.dumps(SOURCES),  # a function: "{root}" in a path is no wildcard
         shard_size=SHARD_SIZE,
     log:
         "logs/ingest/scan.log",

@@ -78,7 +78,7 @@ def cohort(toy) -> list[np.ndarray]:
 def test_prior_of_identical_masks_is_that_mask(toy):
     _, truth = toy
     prior = qc.build_shape_prior([truth] * 5, grid=32)
-    assert prior.maps.shape == (3, 32, 32) and prior.n_masks == 5
+    assert prior.maps.shape == (3, 32, 32) and prior.n_masks == 1 and prior.n_duplicates == 4  # copies count once
     assert set(np.unique(prior.maps)) <= {0.0, 1.0}
     np.testing.assert_array_equal(prior.binary, qc.shape_codes(truth, 32))
     assert qc.prior_ious(truth, prior) == pytest.approx([1.0, 1.0, 1.0])

@@ -43,11 +43,17 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
-              workflow: Path = REPO) -> subprocess.CompletedProcess:
+def snakemake_command(workdir: Path, *args: str, workflow: Path = REPO) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a workflow run in workdir (its config.yaml)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(workflow / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    return cmd, env
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
+              workflow: Path = REPO) -> subprocess.CompletedProcess:
+    cmd, env = snakemake_command(workdir, *args, workflow=workflow)
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

@@ -1,0 +1,1 @@
+"""Fault injection: hostile inputs, degenerate data, killed jobs, untrusted files (issue 9)."""
