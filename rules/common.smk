@@ -1,9 +1,10 @@
 import json
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
+from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("8.20")
@@ -38,13 +39,78 @@ SOURCES = [_primary_source(), *config["input"]["extra"]]
 USES_SYNTHETIC = config["input"]["images"] == "synthetic"
 
 
+# ---------------------------------------------------------------- resource requests
+# Every rule asks for what its jobs need, so a scheduler (profiles/slurm) gets honest requests and a
+# workstation run (profiles/workstation) packs jobs safely. mem_mb (MB) and runtime (minutes) follow
+# the config: shard size, working and model resolution, batch size, epochs, the data-set size once
+# scanned, and whether training runs on a GPU; each retry asks for `attempt` times as much. The
+# per-image constants are the dev runs' benchmarks (results/benchmarks/*.tsv; 2 CPU threads, and an
+# H100 for the GPU numbers) with a margin of 2-5x.
+GPUS = config["resources"]["gpus_per_training"]
+PIXELS = (CFG_INGEST["size"] / 256) ** 2  # per-image cost of the image stages relative to 256 px
+MODEL_PIXELS = (config["model"]["size"] / 128) ** 2  # per-image network cost relative to 128 px
+CUDA_HOST_MB = 4000  # host memory of a CUDA process (training peak RSS 6.8 GB on GPU, 2.3-3.0 GB on CPU)
+
+# Tiny bookkeeping jobs (concatenate tables, hash files, read a status) run on the submit host
+# instead of waiting in a cluster queue for seconds of work.
+localrules:
+    manifest,
+    qc_weak_merge,
+    round_status,
+    round_chain,
+    eval_summary,
+
+
+def _grows(base, per_image, images, per=1):
+    """base + per_image x images() / per, rounded up, times the attempt (a retry asks for more)."""
+    return lambda wildcards, attempt: math.ceil((base + per_image * images() / per) * attempt)
+
+
+def n_images():
+    """Images in the data set, an upper bound (every file the scan found). Jobs that read per-shard
+    inputs run after the scan and are planned again once it is done; until then (dry runs) their
+    requests show one shard's worth."""
+    try:
+        return scan_info()["n_files"]
+    except IncompleteCheckpointException:
+        return SHARD_SIZE
+
+
 def shard_mem_mb(base, per_image):
-    """Memory a per-shard job needs: set by the shard size, never by the data-set size."""
-    return lambda wildcards, attempt: int((base + per_image * SHARD_SIZE) * attempt)
+    """Memory (MB) of a per-shard job, per_image MB per image at 256 px: set by the shard size,
+    never by the data-set size."""
+    return _grows(base, per_image * PIXELS, lambda: SHARD_SIZE)
 
 
 def shard_runtime(base, per_image_s):
-    return lambda wildcards, attempt: int((base + per_image_s * SHARD_SIZE / 60) * attempt)
+    """Wall time (minutes) of a per-shard job, per_image_s seconds per image at 256 px."""
+    return _grows(base, per_image_s * PIXELS, lambda: SHARD_SIZE, per=60)
+
+
+def cohort_mem_mb(base, per_image):
+    """Memory (MB) of a job over the whole data set (merges, evaluation)."""
+    return _grows(base, per_image, n_images)
+
+
+def cohort_runtime(base, per_image_s):
+    return _grows(base, per_image_s, n_images, per=60)
+
+
+def synthetic_runtime(base, per_image_s):
+    """The synthetic set: per_image_s seconds per image at the largest side of 512 px."""
+    cfg = config["synthetic"]
+    return _grows(base, per_image_s * (cfg["max_size"] / 512) ** 2, lambda: cfg["n"], per=60)
+
+
+def predict_mem_mb(wildcards, attempt):
+    # Model, batches with flip TTA and the shard's probabilities: peak 1.3 GB on CPU at 256 images.
+    return math.ceil((2500 + 0.5 * SHARD_SIZE * PIXELS + (CUDA_HOST_MB if GPUS else 0)) * attempt)
+
+
+def predict_runtime(wildcards, attempt):
+    # Measured 0.09 s per image on 2 CPU threads (model at 128 px, TTA), ~0.02 s on a GPU.
+    per_image_s = (0.05 if GPUS else 0.5) * MODEL_PIXELS
+    return math.ceil((10 + per_image_s * SHARD_SIZE / 60) * attempt)
 
 
 @lru_cache(maxsize=None)
@@ -86,8 +152,25 @@ def train_params(epochs, min_epochs=1, early_stop=False, slope_fraction=0.1):
 
 
 def train_mem_mb(wildcards, attempt):
-    # Batch of images + activations; the targets add 1/8 byte per pixel per image.
-    return int((3000 + config["train"]["batch_size"] * config["model"]["size"] ** 2 * 4e-4) * attempt)
+    # Libraries and model (~2.3 GB peak on CPU), the batch's activations, the image stacks (memory-
+    # mapped, touched every epoch) and bit-packed targets of every image, and a CUDA process on a GPU.
+    batch = config["train"]["batch_size"] * config["model"]["size"] ** 2 * 4e-4
+    images = n_images() * CFG_INGEST["size"] ** 2 * 1.5e-6
+    return math.ceil((2500 + batch + images + (CUDA_HOST_MB if GPUS else 0)) * attempt)
+
+
+def train_runtime(epochs):
+    """Wall time (minutes) of a training stage: at most `epochs` epochs over every image (QC passes
+    and early stops only shorten it); an epoch has at least min_steps_per_epoch batches. Measured
+    0.08-0.1 s per image and epoch on 2 CPU threads (model at 128 px), 0.0015 s on an H100."""
+    per_image_s = (0.01 if GPUS else 0.2) * MODEL_PIXELS
+    cfg = config["train"]
+
+    def runtime(wildcards, attempt):
+        per_epoch = max(n_images(), cfg["min_steps_per_epoch"] * cfg["batch_size"])
+        return math.ceil((10 + epochs * per_epoch * per_image_s / 60) * attempt)
+
+    return runtime
 
 
 def round_model(r):

@@ -28,7 +28,7 @@ rule early_learning:
     threads: config["train"]["threads"]
     resources:
         mem_mb=train_mem_mb,
-        runtime=lambda wildcards, attempt: (20 + 5 * config["early_learning"]["max_epochs"]) * attempt,
+        runtime=train_runtime(config["early_learning"]["max_epochs"]),
         gpu=config["resources"]["gpus_per_training"],
     conda:
         "../envs/lungssl.yaml"

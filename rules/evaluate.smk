@@ -12,8 +12,8 @@ rule evaluate:
         "logs/eval/{stage}.log",
     threads: 1
     resources:
-        mem_mb=shard_mem_mb(1000, 0.2),
-        runtime=15,
+        mem_mb=shard_mem_mb(1000, 0.2),  # reads one shard at a time
+        runtime=cohort_runtime(5, 0.02),
     conda:
         "../envs/lungssl.yaml"
     shell:
@@ -30,7 +30,7 @@ rule eval_summary:
         "logs/eval/summary.log",
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=1000,  # a few summary rows per stage
         runtime=5,
     conda:
         "../envs/lungssl.yaml"

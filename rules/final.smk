@@ -43,7 +43,7 @@ rule final_model:
     threads: config["train"]["threads"]
     resources:
         mem_mb=train_mem_mb,
-        runtime=lambda wildcards, attempt: (20 + 5 * config["final"]["epochs"]) * attempt,
+        runtime=train_runtime(config["final"]["epochs"]),
         gpu=config["resources"]["gpus_per_training"],
     conda:
         "../envs/lungssl.yaml"
@@ -73,8 +73,8 @@ rule predict_model:
         "results/benchmarks/predictions/{stage}/{shard}.tsv"
     threads: 2
     resources:
-        mem_mb=shard_mem_mb(2500, 0.5),
-        runtime=shard_runtime(10, 0.5),
+        mem_mb=predict_mem_mb,
+        runtime=predict_runtime,
         gpu=config["resources"]["gpus_per_training"],
     conda:
         "../envs/lungssl.yaml"

@@ -60,8 +60,8 @@ rule manifest:
         "logs/ingest/manifest.log",
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=cohort_mem_mb(1500, 0.01),
+        runtime=cohort_runtime(5, 0.01),
     conda:
         "../envs/lungssl.yaml"
     shell:

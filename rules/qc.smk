@@ -14,7 +14,7 @@ rule shape_prior:
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: int((1500 + CFG_QC["prior_max_masks"] * 0.002) * attempt),
-        runtime=20,
+        runtime=cohort_runtime(5, 0.02),
     conda:
         "../envs/lungssl.yaml"
     shell:
@@ -65,8 +65,8 @@ rule qc_weak_merge:
         "logs/qc/merge.log",
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=cohort_mem_mb(1500, 0.01),
+        runtime=cohort_runtime(5, 0.01),
     conda:
         "../envs/lungssl.yaml"
     shell:

@@ -24,8 +24,8 @@ rule predict_round:
         "results/benchmarks/rounds/{r}/predict/{shard}.tsv"
     threads: 2
     resources:
-        mem_mb=shard_mem_mb(2500, 0.5),
-        runtime=shard_runtime(10, 0.5),
+        mem_mb=predict_mem_mb,
+        runtime=predict_runtime,
         gpu=config["resources"]["gpus_per_training"],
     conda:
         "../envs/lungssl.yaml"
@@ -74,8 +74,8 @@ checkpoint round_status:
         "logs/rounds/{r}/status.log",
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=cohort_mem_mb(1500, 0.01),
+        runtime=cohort_runtime(5, 0.01),
     conda:
         "../envs/lungssl.yaml"
     shell:
@@ -117,7 +117,7 @@ rule train_round:
     threads: config["train"]["threads"]
     resources:
         mem_mb=train_mem_mb,
-        runtime=lambda wildcards, attempt: (20 + 5 * config["self_learning"]["max_epochs"]) * attempt,
+        runtime=train_runtime(config["self_learning"]["max_epochs"]),
         gpu=config["resources"]["gpus_per_training"],
     conda:
         "../envs/lungssl.yaml"

@@ -26,7 +26,7 @@ rule supervised_model:
     threads: config["train"]["threads"]
     resources:
         mem_mb=train_mem_mb,
-        runtime=lambda wildcards, attempt: (20 + 5 * config["supervised"]["epochs"]) * attempt,
+        runtime=train_runtime(config["supervised"]["epochs"]),
         gpu=config["resources"]["gpus_per_training"],
     conda:
         "../envs/lungssl.yaml"

@@ -12,7 +12,7 @@ rule synthetic:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=synthetic_runtime(5, 0.5),
     conda:
         "../envs/lungssl.yaml"
     shell:
