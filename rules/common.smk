@@ -59,6 +59,7 @@ localrules:
     round_status,
     round_chain,
     eval_summary,
+    heatmap_merge,
 
 
 def _grows(base, per_image, images, per=1):
