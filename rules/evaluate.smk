@@ -10,6 +10,8 @@ rule evaluate:
         stage=r"weak|final|supervised|round_[0-9]+",
     log:
         "logs/eval/{stage}.log",
+    benchmark:
+        "results/benchmarks/eval/{stage}.tsv"
     threads: 1
     resources:
         mem_mb=shard_mem_mb(1000, 0.2),  # reads one shard at a time
@@ -28,6 +30,8 @@ rule eval_summary:
         report("results/eval/summary.csv", caption="../report/eval_summary.rst", category="Evaluation"),
     log:
         "logs/eval/summary.log",
+    benchmark:
+        "results/benchmarks/eval_summary.tsv"
     threads: 1
     resources:
         mem_mb=1000,  # a few summary rows per stage

@@ -9,6 +9,8 @@ rule round_chain:
         f"{ROUND_ROOT}/chain.json",
     log:
         "logs/rounds/chain.log",
+    benchmark:
+        "results/benchmarks/round_chain.tsv"
     threads: 1
     resources:
         mem_mb=1000,

@@ -45,6 +45,8 @@ rule heatmap_model:
         seed=config["seed"],
     log:
         "logs/heatmaps/model.log",
+    benchmark:
+        "results/benchmarks/heatmap_model.tsv"
     threads: 1
     resources:
         # the reference atlases (float32, grid x grid) bound the memory, not the data set
@@ -103,6 +105,8 @@ rule heatmap_merge:
         negative=CFG_HEAT["negative_label"],
     log:
         "logs/heatmaps/merge.log",
+    benchmark:
+        "results/benchmarks/heatmap_merge.tsv"
     threads: 1
     resources:
         mem_mb=2000,

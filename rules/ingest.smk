@@ -9,6 +9,8 @@ checkpoint scan:
         shard_size=SHARD_SIZE,
     log:
         "logs/ingest/scan.log",
+    benchmark:
+        "results/benchmarks/scan.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -58,6 +60,8 @@ rule manifest:
         seed=config["seed"],
     log:
         "logs/ingest/manifest.log",
+    benchmark:
+        "results/benchmarks/manifest.tsv"
     threads: 1
     resources:
         mem_mb=cohort_mem_mb(1500, 0.01),

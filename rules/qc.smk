@@ -63,6 +63,8 @@ rule qc_weak_merge:
         threshold=QC_THRESHOLD,
     log:
         "logs/qc/merge.log",
+    benchmark:
+        "results/benchmarks/qc_merge.tsv"
     threads: 1
     resources:
         mem_mb=cohort_mem_mb(1500, 0.01),

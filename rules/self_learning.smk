@@ -48,6 +48,8 @@ rule qc_round:
         prior=lambda wildcards, input: f"--prior {input.prior}" if input.prior else "",
     log:
         "logs/rounds/{r}/qc/{shard}.log",
+    benchmark:
+        "results/benchmarks/rounds/{r}/qc/{shard}.tsv"
     threads: 1
     resources:
         mem_mb=shard_mem_mb(800, 0.3),
@@ -72,6 +74,8 @@ checkpoint round_status:
         cfg=config["self_learning"],
     log:
         "logs/rounds/{r}/status.log",
+    benchmark:
+        "results/benchmarks/rounds/{r}/status.tsv"
     threads: 1
     resources:
         mem_mb=cohort_mem_mb(1500, 0.01),
