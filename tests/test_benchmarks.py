@@ -65,7 +65,7 @@ def test_shard_memory(tmp_path):
     r = bench("shard_memory", tmp_path / "r.json", "--n", "4", "8", "--stage", "weak", "--pool", "2",
               "--image-size", "128", "160", "--config", '{"ingest": {"shard_size": 4, "size": 64}}')
     peaks = {row["rule"]: row for row in r["rows"]}
-    assert {"decode", "weak_masks", "qc_weak", "qc_weak_merge", "shape_prior"} <= set(peaks)
+    assert {"decode", "manifest", "weak_masks", "qc_weak", "qc_weak_merge", "shape_prior"} <= set(peaks)
     assert peaks["weak_masks"]["jobs"] == "1 / 2" and peaks["weak_masks"]["peak_mb_8"] > 0
     assert "worst_per_shard_or_merge_change" in r["figures"]
 
