@@ -55,7 +55,7 @@ def main() -> None:
     ref = hm.choose_reference(np.array([c.deficit for c in codes]), p, args.seed)
     normal = hm.fit_normal_model(np.stack([codes[i].atlas for i in ref]), p)
     n = len(test_images)
-    scores = [hm.heatmap_scores(hm.heatmap(im, m, normal, p), m, p) for im, m in zip(images[:n], masks[:n])]
+    scores = [hm.heatmap_with_scores(im, m, normal, p)[1] for im, m in zip(images[:n], masks[:n])]
     positive = test_labels == "PNEUMONIA"
     flagged = np.array([s["flagged_fraction"] for s in scores])
     print(json.dumps({

@@ -83,12 +83,17 @@ def cmd_manifest(a: argparse.Namespace) -> None:
     log.info("manifest: %s", json.dumps(summary))
 
 
+def _accepted_rows(table_path: str) -> pd.DataFrame:
+    """A shard's ingest table, accepted images only, in the order of its image stack."""
+    table = pd.read_parquet(table_path)
+    return table[table["accepted"]].sort_values("row")
+
+
 def cmd_weak_masks(a: argparse.Namespace) -> None:
     from lungssl.weak_masks import WeakMaskParams, weak_masks_with_stability
 
     params = WeakMaskParams.from_config(json.loads(a.params))
-    table = pd.read_parquet(a.table)
-    table = table[table["accepted"]].sort_values("row")
+    table = _accepted_rows(a.table)
     images = read_image_stack(a.images)
     t0 = time.perf_counter()
     masks, stability = weak_masks_with_stability(images, params, progress=True)
@@ -234,8 +239,7 @@ def cmd_predict_shard(a: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, a.threads))
     device = pick_device()
     model, spec, _ = load_model(a.model, device)
-    table = pd.read_parquet(a.table)
-    table = table[table["accepted"]].sort_values("row")
+    table = _accepted_rows(a.table)
     images = read_image_stack(a.images)
     probs, agree = predict_probs(model, images, spec.size, device, a.batch_size, tta=not a.no_tta)
     n = images.shape[1] if len(images) else spec.size
@@ -270,8 +274,7 @@ def _heat_params(a: argparse.Namespace):
 
 def _shard_inputs(a: argparse.Namespace) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(ids, images, masks) of one shard, the masks checked to belong to the images."""
-    table = pd.read_parquet(a.table)
-    table = table[table["accepted"]].sort_values("row")
+    table = _accepted_rows(a.table)
     ids, masks = read_mask_stack(a.masks)
     if ids != table["image_id"].tolist():
         raise ValueError(f"{a.masks} does not hold the masks of the images of {a.table}")
@@ -329,7 +332,7 @@ def _gather_atlases(paths: list[str], picks: list[tuple[int, int]]) -> np.ndarra
 
 
 def cmd_heatmap(a: argparse.Namespace) -> None:
-    from lungssl.heatmaps import SCORE_COLUMNS, NormalModel, draw_heat_overlay, heatmap, heatmap_scores, quantise
+    from lungssl.heatmaps import SCORE_COLUMNS, NormalModel, draw_heat_overlay, heatmap_with_scores, quantise
     from lungssl.storage import write_npz, write_png
 
     p = _heat_params(a)
@@ -339,9 +342,9 @@ def cmd_heatmap(a: argparse.Namespace) -> None:
     overlays.mkdir(parents=True, exist_ok=True)
     heats, rows = [], []
     for image_id, im, m in zip(ids, images, masks):
-        z = heatmap(np.asarray(im), m, model, p)
+        z, scores = heatmap_with_scores(np.asarray(im), m, model, p)
         heats.append(quantise(z))
-        rows.append({"image_id": image_id, **heatmap_scores(z, m, p)})
+        rows.append({"image_id": image_id, **scores})
         write_png(overlays / f"{image_id}.png", draw_heat_overlay(np.asarray(im), z, p.flag_z))
     n = images.shape[1] if len(images) else 0
     write_npz(a.out, ids=np.asarray(ids, dtype=str),

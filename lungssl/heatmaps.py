@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from lungssl.qc import split_lungs
+from lungssl.qc import bbox_slices, split_lungs
 from lungssl.storage import atomic_path
 
 SCORE_COLUMNS = ("field_fraction", "lung_deficit", "mean_z", "max_z", "flagged_fraction",
@@ -88,22 +88,17 @@ def standardise(image: np.ndarray, mask: np.ndarray, field: np.ndarray, p: Heatm
 
     Relative to the image itself, so exposure, detector and windowing drop out."""
     f = cv2.GaussianBlur(image.astype(np.float32), (0, 0), max(p.blur * image.shape[0], 0.5))
-    box = f[_box_slices(field)] if field.any() else f
+    box = f[bbox_slices(field)] if field.any() else f
     dark = f[mask & field] if np.count_nonzero(mask & field) >= 50 else box
     lo, hi = np.percentile(dark, p.dark_percentile), np.percentile(box, p.bright_percentile)
     return (f - lo) / max(hi - lo, 1.0)
-
-
-def _box_slices(field: np.ndarray) -> tuple[slice, slice]:
-    rows, cols = np.flatnonzero(field.any(axis=1)), np.flatnonzero(field.any(axis=0))
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def to_atlas(values: np.ndarray, field: np.ndarray, grid: int) -> np.ndarray:
     """Field's bounding box resized to grid x grid; NaN where the cell is mostly outside the field."""
     if not field.any():
         return np.full((grid, grid), np.nan, np.float32)
-    box = _box_slices(field)
+    box = bbox_slices(field)
     v = cv2.resize(values[box].astype(np.float32), (grid, grid), interpolation=cv2.INTER_AREA)
     inside = cv2.resize(field[box].astype(np.float32), (grid, grid), interpolation=cv2.INTER_AREA)
     return np.where(inside >= 0.5, v, np.nan).astype(np.float32)
@@ -113,7 +108,7 @@ def from_atlas(atlas: np.ndarray, field: np.ndarray) -> np.ndarray:
     """Atlas grid back onto the image's field (0 outside it)."""
     out = np.zeros(field.shape, np.float32)
     if field.any():
-        box = _box_slices(field)
+        box = bbox_slices(field)
         h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
         filled = np.nan_to_num(atlas, nan=0.0)
         out[box] = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -186,16 +181,31 @@ def fit_normal_model(atlases: np.ndarray, p: HeatmapParams) -> NormalModel:
 def heatmap(image: np.ndarray, mask: np.ndarray, model: NormalModel, p: HeatmapParams) -> np.ndarray:
     """Abnormality in robust SDs above normal lung (>= 0), on the image grid, 0 outside the lung field."""
     mask = np.asarray(mask, dtype=bool)
+    return _heatmap_on(image, mask, lung_field(mask), model, p)
+
+
+def heatmap_with_scores(image: np.ndarray, mask: np.ndarray, model: NormalModel, p: HeatmapParams
+                        ) -> tuple[np.ndarray, dict[str, float]]:
+    """heatmap() and heatmap_scores() of one image, its lung field found once."""
+    mask = np.asarray(mask, dtype=bool)
     field = lung_field(mask)
+    z = _heatmap_on(image, mask, field, model, p)
+    return z, _scores_on(z, mask, field, p)
+
+
+def _heatmap_on(image: np.ndarray, mask: np.ndarray, field: np.ndarray, model: NormalModel,
+                p: HeatmapParams) -> np.ndarray:
     atlas = to_atlas(standardise(image, mask, field, p), field, model.median.shape[0])
-    z = np.clip((atlas - model.median) / model.scale, 0, None)
-    return from_atlas(z, field)
+    return from_atlas(np.clip((atlas - model.median) / model.scale, 0, None), field)
 
 
 def heatmap_scores(z: np.ndarray, mask: np.ndarray, p: HeatmapParams) -> dict[str, float]:
     """Per-image scores; `score` (mean abnormality over the field) ranks images for review."""
     mask = np.asarray(mask, dtype=bool)
-    field = lung_field(mask)
+    return _scores_on(z, mask, lung_field(mask), p)
+
+
+def _scores_on(z: np.ndarray, mask: np.ndarray, field: np.ndarray, p: HeatmapParams) -> dict[str, float]:
     if not field.any():
         # No lung found at all is itself the strongest sign that something is wrong.
         nan = float("nan")
@@ -236,8 +246,8 @@ def heatmap_any_size(image: np.ndarray, mask: np.ndarray, model: NormalModel, p:
     h, w = image.shape
     small = cv2.resize(image, (work_size, work_size), interpolation=cv2.INTER_AREA)
     small_mask = cv2.resize(mask.astype(np.uint8), (work_size, work_size), interpolation=cv2.INTER_NEAREST) > 0
-    z = heatmap(small, small_mask, model, p)
-    return cv2.resize(z, (w, h), interpolation=cv2.INTER_LINEAR), heatmap_scores(z, small_mask, p)
+    z, scores = heatmap_with_scores(small, small_mask, model, p)
+    return cv2.resize(z, (w, h), interpolation=cv2.INTER_LINEAR), scores
 
 
 def draw_heat_overlay(image: np.ndarray, z: np.ndarray, flag_z: float, z_max: float = 6.0) -> np.ndarray:
@@ -262,16 +272,20 @@ def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.
     return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
-def auc_table(scores: pd.DataFrame, manifest: pd.DataFrame, positive: str, negative: str) -> pd.DataFrame:
-    """ROC AUC of `score` for positive vs negative image labels, overall and per top folder (e.g. test)."""
+def labelled_subsets(scores: pd.DataFrame, manifest: pd.DataFrame, positive: str, negative: str):
+    """(subset, n, n_positive, (fpr, tpr, auc)) for all labelled images and for each top folder
+    (e.g. test) that holds both labels. Labels only measure, they never train."""
     t = scores.merge(manifest[["image_id", "label", "rel_path"]], on="image_id")
-    t = t[t["label"].isin([positive, negative])].copy()
-    t["subset"] = t["rel_path"].map(lambda r: r.split("/")[0] if "/" in r else "")
-    rows = []
-    for subset, part in [("all", t), *((s, g) for s, g in t.groupby("subset") if s)]:
+    t = t[t["label"].isin([positive, negative])]
+    subset = t["rel_path"].map(lambda r: r.split("/")[0] if "/" in r else "")
+    for name, part in [("all", t), *((s, g) for s, g in t.groupby(subset) if s)]:
         y = part["label"].eq(positive).to_numpy()
-        if y.all() or not y.any():
-            continue
-        _, _, auc = roc_curve(part["score"].to_numpy(), y)
-        rows.append({"subset": subset, "n": len(part), "n_positive": int(y.sum()), "auc": round(auc, 4)})
+        if y.any() and not y.all():
+            yield name, len(part), int(y.sum()), roc_curve(part["score"].to_numpy(), y)
+
+
+def auc_table(scores: pd.DataFrame, manifest: pd.DataFrame, positive: str, negative: str) -> pd.DataFrame:
+    """ROC AUC of `score` for positive vs negative image labels, overall and per top folder."""
+    rows = [{"subset": name, "n": n, "n_positive": n_pos, "auc": round(curve[2], 4)}
+            for name, n, n_pos, curve in labelled_subsets(scores, manifest, positive, negative)]
     return pd.DataFrame(rows, columns=["subset", "n", "n_positive", "auc"])

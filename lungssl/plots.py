@@ -50,19 +50,12 @@ def learning_curve(metrics, path: Path | str, title: str) -> None:
 
 def roc_plot(scores, manifest, positive: str, negative: str, path: Path | str) -> None:
     """ROC curve of the heatmap score, one line per labelled subset; a note where there are no labels."""
-    from lungssl.heatmaps import roc_curve
+    from lungssl.heatmaps import labelled_subsets
 
-    t = scores.merge(manifest, on="image_id")
-    t = t[t["label"].isin([positive, negative])]
-    t = t.assign(subset=t["rel_path"].map(lambda r: r.split("/")[0] if "/" in r else ""))
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     drawn = 0
-    for subset, part in [("all", t), *((s, g) for s, g in t.groupby("subset") if s)]:
-        y = part["label"].eq(positive).to_numpy()
-        if y.all() or not y.any():
-            continue
-        fpr, tpr, auc = roc_curve(part["score"].to_numpy(), y)
-        ax.plot(fpr, tpr, label=f"{subset}: AUC {auc:.3f} (n={len(part)})")
+    for subset, n, _, (fpr, tpr, auc) in labelled_subsets(scores, manifest, positive, negative):
+        ax.plot(fpr, tpr, label=f"{subset}: AUC {auc:.3f} (n={n})")
         drawn += 1
     ax.plot([0, 1], [0, 1], color="grey", ls=":")
     ax.set(xlabel="false positive rate", ylabel="true positive rate",

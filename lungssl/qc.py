@@ -217,15 +217,19 @@ class ShapePrior:
         return {k: (features[k] - self.median[k]) / self.scale[k] for k in GEOMETRY}
 
 
+def bbox_slices(mask: np.ndarray) -> tuple[slice, slice]:
+    """Row and column slices of a non-empty mask's bounding box."""
+    rows, cols = np.flatnonzero(np.any(mask, axis=1)), np.flatnonzero(np.any(mask, axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def normalize_to_bbox(mask: np.ndarray, grid: int = 64) -> np.ndarray:
     """Crop to the mask's bounding box and resize to grid x grid (bool); all False if empty.
 
     Removes position and scale, so the comparison with the prior is about shape alone."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    if not np.any(mask):
         return np.zeros((grid, grid), bool)
-    cols = np.flatnonzero(mask.any(axis=0))
-    crop = np.asarray(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], dtype=np.float32)
+    crop = np.asarray(mask[bbox_slices(mask)], dtype=np.float32)
     # INTER_AREA averages the pixels falling into each cell; >= 0.5 is a majority vote.
     return cv2.resize(crop, (grid, grid), interpolation=cv2.INTER_AREA) >= 0.5
 

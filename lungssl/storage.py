@@ -99,10 +99,8 @@ def write_mask_stack(path: Path | str, ids: list[str], masks: np.ndarray) -> Non
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3 or len(ids) != masks.shape[0]:
         raise ValueError(f"mask stack shape {masks.shape} does not match {len(ids)} ids")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, ids=np.asarray(ids, dtype=str), shape=np.asarray(masks.shape),
-                                bits=np.packbits(masks, axis=None))
+    write_npz(path, ids=np.asarray(ids, dtype=str), shape=np.asarray(masks.shape),
+              bits=np.packbits(masks, axis=None))
 
 
 def read_mask_stack(path: Path | str) -> tuple[list[str], np.ndarray]:

@@ -149,3 +149,11 @@ def test_normal_model_keeps_its_parameters_and_refuses_other_files(tmp_path, nor
     (tmp_path / "bad.npz").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a lungssl normal lung model"):
         hm.NormalModel.load(tmp_path / "bad.npz")
+
+
+def test_heatmap_with_scores_is_heatmap_and_its_scores(normal_model):
+    image, mask = _case(104)
+    sick = _with_opacity(image, mask)[0]
+    z, scores = hm.heatmap_with_scores(sick, mask, normal_model, P)
+    assert np.array_equal(z, hm.heatmap(sick, mask, normal_model, P))
+    assert scores == hm.heatmap_scores(z, mask, P)

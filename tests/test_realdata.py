@@ -87,7 +87,7 @@ def test_heatmap_score_separates_pneumonia_from_normal():
     codes = [hm.image_code(im, m, p) for im, m in zip(images, masks)]
     ref = hm.choose_reference(np.array([c.deficit for c in codes]), p)
     model = hm.fit_normal_model(np.stack([codes[i].atlas for i in ref]), p)
-    scores = [hm.heatmap_scores(hm.heatmap(im, m, model, p), m, p) for im, m in zip(images, masks)]
+    scores = [hm.heatmap_with_scores(im, m, model, p)[1] for im, m in zip(images, masks)]
     labels = files.set_index("image_id")["label"]
     pneumonia = labels.reindex(table["image_id"]).eq("PNEUMONIA").to_numpy()
     _, _, auc = hm.roc_curve(np.array([s["score"] for s in scores]), pneumonia)
