@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lungssl.early_stop import slope_ratio
 from lungssl.ingest import resize_image, resize_mask
@@ -103,24 +103,31 @@ def build_augment(p: TrainParams, seed: int):
     return A.Compose(steps, seed=seed)
 
 
-class MaskDataset(Dataset):
-    """Item `pos` of an epoch is image `order[pos]`; the order is set per epoch by `run_epoch`."""
+def aug_seed(seed: int, epoch: int, pos: int) -> int:
+    """The augmentation seed of position `pos` of an epoch: the same whichever worker draws the item,
+    so a resumed run sees exactly what an uninterrupted one would."""
+    return int(seed * 1_000_003 + epoch * 100_003 + pos) % 2**31
 
-    def __init__(self, ts: TrainingSet, augment=None, seed: int = 0):
-        self.ts, self.augment, self.seed, self.epoch = ts, augment, seed, 0
-        self.order = np.arange(len(ts.table))
+
+class MaskDataset(Dataset):
+    """Item key (index, augmentation seed). The keys come from the batch sampler in the training
+    process, so worker processes hold no per-epoch state and persist across epochs."""
+
+    def __init__(self, ts: TrainingSet, augment=None):
+        self.ts, self.augment = ts, augment
         self._stacks: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.ts.table)
 
     def _image(self, shard: str, row: int) -> np.ndarray:
         if shard not in self._stacks:  # opened lazily so that each worker maps its own
             self._stacks[shard] = read_image_stack(self.ts.stacks[shard])
         return np.asarray(self._stacks[shard][row])
 
-    def __getitem__(self, pos: int):
-        rec = self.ts.table.iloc[int(self.order[pos])]
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        rec = self.ts.table.iloc[int(index)]
         image = self._image(rec["shard"], int(rec["row"]))
         n = image.shape[0]
         mask = np.unpackbits(self.ts.packed[rec["image_id"]], count=n * n).reshape(n, n)
@@ -128,9 +135,7 @@ class MaskDataset(Dataset):
             image = resize_image(image, self.ts.size)
             mask = resize_mask(mask, self.ts.size).astype(np.uint8)
         if self.augment is not None:
-            # Seeded per (epoch, position): the same augmentation whatever worker draws it, so a
-            # resumed run sees exactly what an uninterrupted one would.
-            self.augment.set_random_seed(int(self.seed * 1_000_003 + self.epoch * 100_003 + pos) % 2**31)
+            self.augment.set_random_seed(seed)
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         x = torch.from_numpy(normalise(image))[None]
@@ -185,23 +190,60 @@ def batches(n: int, batch_size: int) -> list[list[int]]:
     return out
 
 
-def _loader(ds: Dataset, p: TrainParams) -> DataLoader:
-    return DataLoader(ds, batch_sampler=batches(len(ds), p.batch_size), num_workers=p.num_workers,
-                      persistent_workers=False)
+class EpochBatches(Sampler):
+    """Batches of dataset keys, replaced before each pass (see `Feed`)."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.keys = batch_size, []
+
+    def __iter__(self):
+        for batch in batches(len(self.keys), self.batch_size):
+            yield [self.keys[i] for i in batch]
+
+    def __len__(self) -> int:
+        return len(batches(len(self.keys), self.batch_size))
 
 
-def run_epoch(model, ds: MaskDataset, p: TrainParams, epoch: int, device, optimizer=None) -> tuple[float, float]:
+class Feed:
+    """A dataset behind one DataLoader whose workers live for the whole training job: starting
+    workers for every pass cost more than the passes themselves on a GPU."""
+
+    def __init__(self, ds: MaskDataset, p: TrainParams, device: torch.device):
+        self.ds, self.sampler = ds, EpochBatches(p.batch_size)
+        self.loader = DataLoader(ds, batch_sampler=self.sampler, num_workers=p.num_workers,
+                                 persistent_workers=p.num_workers > 0, pin_memory=device.type == "cuda")
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def pass_over(self, keys: list[tuple[int, int]]):
+        self.sampler.keys = keys
+        return iter(self.loader)
+
+
+def epoch_keys(n: int, p: TrainParams, epoch: int, augmented: bool) -> list[tuple[int, int]]:
+    """A training epoch's seeded shuffle with per-position augmentation seeds, or every item once."""
+    if not augmented:
+        return [(i, 0) for i in range(n)]
+    return [(int(i), aug_seed(p.seed, epoch, pos)) for pos, i in enumerate(epoch_order(n, p, epoch))]
+
+
+def _to(device: torch.device, x: torch.Tensor) -> torch.Tensor:
+    if device.type == "cuda":
+        return x.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return x.to(device)
+
+
+def run_epoch(model, feed: Feed, p: TrainParams, epoch: int, device, optimizer=None) -> tuple[float, float]:
     """One pass; trains when an optimizer is given. Returns (mean loss, mean hard Dice)."""
     train = optimizer is not None
     model.train(train)
-    ds.epoch = epoch
-    n = len(ds.ts.table)
-    ds.order = epoch_order(n, p, epoch) if train else np.arange(n)
+    keys = epoch_keys(len(feed), p, epoch, augmented=train)
     losses, dices, n = 0.0, 0.0, 0
     amp = device.type == "cuda"
     with torch.set_grad_enabled(train):
-        for x, y, w in _loader(ds, p):
-            x, y, w = x.to(device), y.to(device), w.to(device)
+        for x, y, w in feed.pass_over(keys):
+            x, y, w = _to(device, x), y.to(device, non_blocking=True), w.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)
             loss = loss_fn(logits.float(), y, w, p)
@@ -216,14 +258,14 @@ def run_epoch(model, ds: MaskDataset, p: TrainParams, epoch: int, device, optimi
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model, ds: Dataset, p: TrainParams, device) -> None:
+def recalibrate_batchnorm(model, feed: Feed, p: TrainParams, device) -> None:
     """Replace BatchNorm running statistics by exact averages over the (unaugmented) training set.
 
     With few optimisation steps (small cohorts, early stopping) the exponential running averages
     still lag far behind the weights, and eval-mode predictions, hence pseudo-masks, are poor.
     """
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns or len(ds) == 0:
+    if not bns or len(feed) == 0:
         return
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
@@ -231,10 +273,9 @@ def recalibrate_batchnorm(model, ds: Dataset, p: TrainParams, device) -> None:
         bn.momentum = None  # cumulative average over all batches of the pass
     model.train()
     amp = device.type == "cuda"
-    ds.order = np.arange(len(ds.ts.table))
-    for x, _, _ in _loader(ds, p):
+    for x, _, _ in feed.pass_over(epoch_keys(len(feed), p, 0, augmented=False)):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            model(x.to(device))
+            model(_to(device, x))
     for bn, m in zip(bns, momenta):
         bn.momentum = m
 
@@ -282,20 +323,22 @@ def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p:
     torch.set_num_threads(max(1, threads))
     device = pick_device()
     model = load_model(init_model, device)[0] if init_model else build_model(spec).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
     key = _state_key(spec, p, train, init_model)
     history, start = _resume(state_path, key, model, optimizer, device)
-    train_ds = MaskDataset(train, build_augment(p, p.seed), p.seed)
-    plain_train_ds = MaskDataset(train, None, p.seed)
-    val_ds = MaskDataset(val, None, p.seed) if val is not None and len(val.table) else None
+    train_feed = Feed(MaskDataset(train, build_augment(p, p.seed)), p, device)
+    plain_train_feed = Feed(MaskDataset(train), p, device)
+    val_feed = Feed(MaskDataset(val), p, device) if val is not None and len(val.table) else None
     chosen = history[-1]["epoch"] if history and history[-1].get("stop") else None
     for epoch in range(start, p.epochs + 1):
         if chosen is not None:
             break
         t0 = time.perf_counter()
-        tr_loss, tr_dice = run_epoch(model, train_ds, p, epoch, device, optimizer)
-        recalibrate_batchnorm(model, plain_train_ds, p, device)
-        va_loss, va_dice = run_epoch(model, val_ds, p, epoch, device) if val_ds else (np.nan, np.nan)
+        tr_loss, tr_dice = run_epoch(model, train_feed, p, epoch, device, optimizer)
+        recalibrate_batchnorm(model, plain_train_feed, p, device)
+        va_loss, va_dice = run_epoch(model, val_feed, p, epoch, device) if val_feed else (np.nan, np.nan)
         row = {"epoch": epoch, "train_loss": tr_loss, "train_dice": tr_dice, "val_loss": va_loss,
                "val_dice": va_dice, "seconds": time.perf_counter() - t0, "n_train": len(train.table)}
         row["slope_ratio"] = slope_ratio([h["train_dice"] for h in history] + [tr_dice])

@@ -109,6 +109,18 @@ def test_training_learns_and_is_reproducible(tmp_path):
     pd.testing.assert_frame_equal(m1.drop(columns="seconds"), m2.drop(columns="seconds"))
 
 
+def test_persistent_workers_train_exactly_as_in_process_loading(tmp_path):
+    """Workers live for the whole job and hold no epoch state: each epoch's order and augmentation
+    seeds travel with the batch keys, so two workers give the same model as none."""
+    manifest, stacks, targets, qc = _toy_set(tmp_path)
+    train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
+    val = collect_targets(manifest, stacks, targets, ("val",), 64, qc)["val"]
+    m0 = train_model(train, val, SPEC, FAST, tmp_path / "a.pt", tmp_path / "a_state.pt")
+    two = TrainParams(**{**FAST.__dict__, "num_workers": 2})
+    m2 = train_model(train, val, SPEC, two, tmp_path / "b.pt", tmp_path / "b_state.pt")
+    pd.testing.assert_frame_equal(m0.drop(columns="seconds"), m2.drop(columns="seconds"))
+
+
 def test_training_resumes_after_interruption(tmp_path):
     manifest, stacks, targets, qc = _toy_set(tmp_path)
     train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
