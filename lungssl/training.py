@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from lungssl.early_stop import slope_ratio
 from lungssl.ingest import resize_image, resize_mask
 from lungssl.modeling import ModelSpec, build_model, load_model, normalise, pick_device, save_model
+from lungssl.progress import Progress
 from lungssl.storage import atomic_path, read_image_stack, read_mask_stack
 
 log = logging.getLogger("lungssl.training")
@@ -199,8 +200,12 @@ def run_epoch(model, ds: MaskDataset, p: TrainParams, epoch: int, device, optimi
     ds.order = epoch_order(n, p, epoch) if train else np.arange(n)
     losses, dices, n = 0.0, 0.0, 0
     amp = device.type == "cuda"
+    loader = _loader(ds, p)
+    # Between the per-epoch lines, a long epoch says how far it got every LUNGSSL_PROGRESS_SECONDS.
+    progress = Progress(len(loader), f"epoch {epoch} {'training' if train else 'validation'}", unit="batches",
+                        terminal=False)
     with torch.set_grad_enabled(train):
-        for x, y, w in _loader(ds, p):
+        for x, y, w in loader:
             x, y, w = x.to(device), y.to(device), w.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)
@@ -212,6 +217,7 @@ def run_epoch(model, ds: MaskDataset, p: TrainParams, epoch: int, device, optimi
             losses += float(loss.detach()) * len(x)
             dices += float(hard_dice(logits.float(), y).sum())
             n += len(x)
+            progress.update()
     return losses / max(n, 1), dices / max(n, 1)
 
 
@@ -274,13 +280,15 @@ def empty_training_message(stage: str, n_split: int, n_scored: int, n_passed: in
 
 def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p: TrainParams,
                 out_model: Path, state_path: Path, init_model: Path | None = None,
-                threads: int = 1, meta: dict | None = None) -> pd.DataFrame:
-    """Train, stopping at the label-free elbow; returns the per-epoch metrics table."""
+                threads: int = 1, meta: dict | None = None, device: str = "auto") -> pd.DataFrame:
+    """Train, stopping at the label-free elbow; returns the per-epoch metrics table.
+    device: auto | cpu | cuda (see modeling.pick_device)."""
     if len(train.table) == 0:
         raise ValueError("no training images: every target mask was rejected by QC (nothing to learn from)")
     torch.manual_seed(p.seed)
     torch.set_num_threads(max(1, threads))
-    device = pick_device()
+    device = pick_device(device)
+    log.info("training on %s", device)
     model = load_model(init_model, device)[0] if init_model else build_model(spec).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
     key = _state_key(spec, p, train, init_model)
