@@ -68,7 +68,7 @@ def cmd_manifest(a: argparse.Namespace) -> None:
     manifest, rejected = build_manifest(files, decoded, a.val_fraction, a.seed)
     if manifest.empty:
         reasons = rejected["reason"].value_counts().head(5).to_dict()
-        raise SystemExit(f"error: none of the {len(files)} input files could be used; reasons: {reasons}")
+        raise ValueError(f"none of the {len(files)} input files could be used; reasons: {reasons}")
     write_parquet(rejected, a.rejected)
     write_parquet(manifest, a.out)
     summary = {"found": len(files), "accepted": len(manifest), "rejected": len(rejected),
@@ -206,7 +206,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     check_trainable(a.stage, train, manifest, qc)
     log.info("%s: %d training and %d validation targets", a.stage, len(train.table), len(val.table))
     metrics = train_model(train, val, spec, params, Path(a.out), Path(a.state),
-                          Path(a.init) if a.init else None, a.threads, meta)
+                          Path(a.init) if a.init else None, a.threads, meta, device=a.device)
     write_parquet(metrics, a.metrics)
     learning_curve(metrics, a.plot, title=a.stage)
 
@@ -236,12 +236,17 @@ def cmd_predict_shard(a: argparse.Namespace) -> None:
     from lungssl.inference import clean_mask, predict_probs, to_mask
     from lungssl.modeling import load_model, pick_device
 
+    from lungssl.progress import Progress
+
     torch.set_num_threads(max(1, a.threads))
-    device = pick_device()
+    device = pick_device(a.device)
     model, spec, _ = load_model(a.model, device)
     table = _accepted_rows(a.table)
     images = read_image_stack(a.images)
-    probs, agree = predict_probs(model, images, spec.size, device, a.batch_size, tta=not a.no_tta)
+    log.info("predicting %d images on %s", len(images), device)
+    with Progress(len(images), "predict") as progress:
+        probs, agree = predict_probs(model, images, spec.size, device, a.batch_size, tta=not a.no_tta,
+                                     progress=progress)
     n = images.shape[1] if len(images) else spec.size
     masks = np.stack([clean_mask(to_mask(p, n, n)) for p in probs]) if len(probs) else np.zeros((0, n, n), bool)
     ids = table["image_id"].tolist()
@@ -333,6 +338,7 @@ def _gather_atlases(paths: list[str], picks: list[tuple[int, int]]) -> np.ndarra
 
 def cmd_heatmap(a: argparse.Namespace) -> None:
     from lungssl.heatmaps import SCORE_COLUMNS, NormalModel, draw_heat_overlay, heatmap_with_scores, quantise
+    from lungssl.progress import Progress
     from lungssl.storage import write_npz, write_png
 
     p = _heat_params(a)
@@ -341,11 +347,13 @@ def cmd_heatmap(a: argparse.Namespace) -> None:
     overlays = Path(a.overlays)
     overlays.mkdir(parents=True, exist_ok=True)
     heats, rows = [], []
-    for image_id, im, m in zip(ids, images, masks):
-        z, scores = heatmap_with_scores(np.asarray(im), m, model, p)
-        heats.append(quantise(z))
-        rows.append({"image_id": image_id, **scores})
-        write_png(overlays / f"{image_id}.png", draw_heat_overlay(np.asarray(im), z, p.flag_z))
+    with Progress(len(ids), "heatmaps") as progress:
+        for image_id, im, m in zip(ids, images, masks):
+            z, scores = heatmap_with_scores(np.asarray(im), m, model, p)
+            heats.append(quantise(z))
+            rows.append({"image_id": image_id, **scores})
+            write_png(overlays / f"{image_id}.png", draw_heat_overlay(np.asarray(im), z, p.flag_z))
+            progress.update()
     n = images.shape[1] if len(images) else 0
     write_npz(a.out, ids=np.asarray(ids, dtype=str),
               heat=np.stack(heats) if heats else np.zeros((0, n, n), np.uint8))
@@ -371,20 +379,91 @@ def cmd_heatmap_merge(a: argparse.Namespace) -> None:
 def cmd_predict(a: argparse.Namespace) -> int:
     from lungssl.inference import predict_folder
 
-    n_ok, rejected = predict_folder(Path(a.model), [Path(p) for p in a.input], Path(a.output),
+    output = Path(a.output)
+    n_ok, rejected = predict_folder(Path(a.model), [Path(p) for p in a.input], output,
                                     overlay=a.overlay, device=a.device, batch_size=a.batch_size,
                                     lr_labels=a.lr_labels, heat_model=a.heatmaps)
-    log.info("wrote %d masks to %s; %d files rejected", n_ok, a.output, len(rejected))
-    return 3 if rejected else 0
+    if rejected and not n_ok:
+        reasons = pd.Series([r for _, r in rejected]).value_counts().head(3)
+        raise ValueError(f"none of the {len(rejected)} input files could be read ("
+                         + "; ".join(f"{n} x {reason}" for reason, n in reasons.items())
+                         + f"); see {output / 'rejected.csv'}")
+    log.info("wrote %d masks to %s", n_ok, output)
+    if rejected:
+        log.warning("%d of %d input files could not be read and were skipped (exit code %d); their reasons are in %s",
+                    len(rejected), len(rejected) + n_ok, EXIT_PARTIAL, output / "rejected.csv")
+        return EXIT_PARTIAL
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- parser
 
-def _add(sub, name: str, func, help_: str, epilog: str = "") -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_, description=help_, epilog=epilog,
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+MAIN_EPILOG = """\
+Most people need two commands: `snakemake --cores all` runs the whole workflow (its rules call
+the other subcommands, one job each), and `lungssl predict` segments any X-rays with its model.
+
+Examples:
+  lungssl predict --model results/final/model.pt --input xrays/ --output masks/ --overlay
+  lungssl predict --help
+
+Exit codes:
+  0  success
+  1  error: the command could not do its work (missing or empty input, unreadable model file,
+     GPU asked for but absent, nothing to train on, ...); one line "lungssl: error: ..." on
+     stderr says why and what to do
+  2  usage error: unknown option, missing or malformed argument (argparse's own)
+  3  predict only: some inputs could not be read and were skipped (listed with their reasons
+     in OUTPUT/rejected.csv); all the others were written
+
+Logging goes to stderr (a workflow rule sends it to its file under logs/); on a terminal long
+steps show a progress bar, elsewhere a progress line every LUNGSSL_PROGRESS_SECONDS (30) s.
+--debug shows the Python traceback of an error."""
+
+
+def _add(sub, name: str, func, help_: str, examples: list[str], rules: str = "",
+         note: str = "") -> argparse.ArgumentParser:
+    """A subcommand with a one-line description and an Examples: epilog. Subcommands that only the
+    workflow calls say which rule(s) call them."""
+    word = "rules" if " or " in rules else "rule"
+    description = help_ + (f" (used by the workflow {word} {rules})" if rules else "")
+    epilog = (note + "\n\n" if note else "") + "Examples:\n" + "\n".join(f"  {e}" for e in examples)
+    p = sub.add_parser(name, help=help_, description=description, epilog=epilog, parents=[_common_options()],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=func)
     return p
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """-q and --debug also after the subcommand (SUPPRESS: unset there keeps the top-level value)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="only warnings and errors (no progress)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the Python traceback of an error")
+    return common
+
+
+def _device(text: str) -> str:
+    text = text.strip().lower()
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+DEVICE_HELP = ("auto (default): the GPU if PyTorch sees one, else the CPU; cpu; cuda or cuda:N: "
+               "a GPU, and an error if there is none")
 
 
 def _heat_shard_args(p: argparse.ArgumentParser) -> None:
@@ -395,37 +474,71 @@ def _heat_shard_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lungssl", description="Label-free lung segmentation of chest X-rays.")
+    parser = argparse.ArgumentParser(prog="lungssl", description="Label-free lung segmentation of chest X-rays.",
+                                     epilog=MAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"lungssl {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (no progress)")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands (lungssl COMMAND --help for each)")
+
+    p = _add(sub, "predict", cmd_predict, "lung masks for any chest X-rays with a trained model",
+             ["lungssl predict --model results/final/model.pt --input xrays/ --output masks/",
+              "lungssl predict --model model.pt --input a.dcm b.png --output out/ --overlay --lr-labels",
+              "find /data -name '*.dcm' > todo.txt && lungssl predict --model model.pt --input todo.txt --output out/",
+              "lungssl predict --model results/final/model.pt --input xrays/ --output out/ \\",
+              "    --heatmaps results/heatmaps/normal_model.npz --device cuda"],
+             note="Writes OUTPUT/<stem>.png (0/255, at the input's size; a folder's tree is kept) for every\n"
+                  "readable X-ray, and OUTPUT/rejected.csv (path, reason) for the files it could not read.\n"
+                  "Exit codes: 0 all written; 3 some inputs rejected, the others written; 1 error, e.g. no\n"
+                  "images found, every input rejected, unreadable model, GPU asked for but absent; 2 usage.")
+    p.add_argument("--model", required=True, help="a model.pt written by the workflow (results/final/model.pt)")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="folders (scanned recursively for PNG, JPEG, TIFF, BMP, DICOM), image files, and/or "
+                   ".txt files listing image paths one per line (relative to the current folder; # comments)")
+    p.add_argument("--output", required=True, help="output folder (created)")
+    p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png (mask outline on the image)")
+    p.add_argument("--lr-labels", action="store_true",
+                   help="also write <stem>_lr.png (1 = lung on the image's left, 2 = right) and left_right.csv")
+    p.add_argument("--heatmaps", metavar="NORMAL_MODEL",
+                   help="also write <stem>_heat.png and heatmap_scores.csv, with the normal lung model "
+                   "of a workflow run (results/heatmaps/normal_model.npz)")
+    p.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP)
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (lower it if out of memory)")
 
     p = _add(sub, "synth", cmd_synth, "write the seeded synthetic radiographs with true lung masks",
-             "example: lungssl synth --out resources/synthetic --n 200 --seed 0")
+             ["lungssl synth --out resources/synthetic --n 200 --seed 0"], rules="synthetic")
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--n", type=_positive_int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hard-fraction", type=float, default=0.2)
     p.add_argument("--min-size", type=int, default=256)
     p.add_argument("--max-size", type=int, default=512)
 
     p = _add(sub, "scan", cmd_scan, "list the X-ray files of the input sources and cut them into shards",
-             "example: lungssl scan --sources '[{\"images\": \"data/images\", \"preset\": \"images_masks\"}]' "
-             "--shard-size 256 --out results/ingest/files.parquet")
+             ["lungssl scan --sources '[{\"images\": \"data/images\", \"preset\": \"images_masks\"}]' "
+              "--shard-size 256 \\", "    --out results/ingest/files.parquet --info results/ingest/scan.json"],
+             rules="scan")
     p.add_argument("--sources", required=True, help="JSON list of sources {images, preset, name, masks, group_regex}")
-    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--shard-size", type=_positive_int, default=256)
     p.add_argument("--out", required=True)
     p.add_argument("--info", required=True, help="JSON with the shard list and counts")
 
-    p = _add(sub, "decode", cmd_decode, "decode one shard: images at the working size, rejections with reasons")
+    p = _add(sub, "decode", cmd_decode, "decode one shard: images at the working size, rejections with reasons",
+             ["lungssl decode --files results/ingest/files.parquet --shard 0000 --size 256 \\",
+              "    --table results/ingest/shards/0000.parquet --images results/images/0000.npy "
+              "--masks results/gt/0000.npz"], rules="decode")
     p.add_argument("--files", required=True)
     p.add_argument("--shard", required=True)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=_positive_int, default=256)
     p.add_argument("--table", required=True)
     p.add_argument("--images", required=True)
     p.add_argument("--masks", required=True, help="ground-truth mask stack (only for evaluation)")
 
-    p = _add(sub, "manifest", cmd_manifest, "merge decoded shards into the manifest with a train/val split by patient")
+    p = _add(sub, "manifest", cmd_manifest, "merge decoded shards into the manifest with a train/val split by patient",
+             ["lungssl manifest --files results/ingest/files.parquet --decoded results/ingest/shards/*.parquet \\",
+              "    --out results/manifest.parquet --rejected results/manifest_rejected.parquet "
+              "--summary results/ingest/summary.json"], rules="manifest")
     p.add_argument("--files", required=True)
     p.add_argument("--decoded", nargs="+", required=True)
     p.add_argument("--val-fraction", type=float, default=0.2)
@@ -434,20 +547,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rejected", required=True)
     p.add_argument("--summary", required=True)
 
-    p = _add(sub, "weak-masks", cmd_weak_masks, "classical weak lung masks for one shard")
+    p = _add(sub, "weak-masks", cmd_weak_masks, "classical weak lung masks for one shard",
+             ["lungssl weak-masks --images results/images/0000.npy --table results/ingest/shards/0000.parquet \\",
+              "    --params '{\"method\": \"pair\"}' --out results/weak/0000.npz --stats results/weak/0000.parquet"],
+             rules="weak_masks")
     p.add_argument("--images", required=True)
     p.add_argument("--table", required=True)
     p.add_argument("--params", default="{}", help="JSON of weak-mask parameters")
     p.add_argument("--out", required=True)
     p.add_argument("--stats", required=True)
 
-    p = _add(sub, "shape-prior", cmd_shape_prior, "the cohort's shape prior from the masks of all shards")
+    p = _add(sub, "shape-prior", cmd_shape_prior, "the cohort's shape prior from the masks of all shards",
+             ["lungssl shape-prior --masks results/weak/*.npz --out results/qc/prior.npz"], rules="shape_prior")
     p.add_argument("--masks", nargs="+", required=True)
-    p.add_argument("--max-masks", type=int, default=20000)
+    p.add_argument("--max-masks", type=_positive_int, default=20000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
 
-    p = _add(sub, "qc", cmd_qc, "QC table for one stack of masks (shape features, cohort score with --prior)")
+    p = _add(sub, "qc", cmd_qc, "QC table for one stack of masks (shape features, cohort score with --prior)",
+             ["lungssl qc --masks results/weak/0000.npz --stats results/weak/0000.parquet "
+              "--prior results/qc/prior.npz \\", "    --out results/qc/0000.parquet"], rules="qc_weak or qc_round")
     p.add_argument("--masks", required=True)
     p.add_argument("--prior", help="cohort shape prior (from shape-prior); without it the fixed-range score")
     p.add_argument("--params", default="{}", help="JSON of QC parameters")
@@ -456,7 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agreement", help="column of --stats to use (default: the qc.agreement parameter)")
     p.add_argument("--out", required=True)
 
-    p = _add(sub, "qc-merge", cmd_qc_merge, "merge per-shard QC tables; summary and score histogram")
+    p = _add(sub, "qc-merge", cmd_qc_merge, "merge per-shard QC tables; summary and score histogram",
+             ["lungssl qc-merge --inputs results/qc/0*.parquet --threshold 0.75 --out results/qc/weak.parquet \\",
+              "    --summary results/qc/weak_summary.json --plot results/qc/weak_hist.png"], rules="qc_weak_merge")
     p.add_argument("--inputs", nargs="+", required=True)
     p.add_argument("--threshold", type=float, required=True)
     p.add_argument("--title", default="QC score")
@@ -464,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", required=True)
     p.add_argument("--plot", required=True)
 
-    p = _add(sub, "evaluate", cmd_evaluate, "per-image Dice/IoU/HD95 of masks against ground truth (measuring only)")
+    p = _add(sub, "evaluate", cmd_evaluate, "per-image Dice/IoU/HD95 of masks against ground truth (measuring only)",
+             ["lungssl evaluate --pred results/weak/*.npz --gt results/gt/*.npz --manifest results/manifest.parquet \\",
+              "    --stage weak --qc results/qc/weak.parquet --out results/eval/weak.parquet"], rules="evaluate")
     p.add_argument("--pred", nargs="+", required=True)
     p.add_argument("--gt", nargs="+", required=True)
     p.add_argument("--manifest", required=True)
@@ -472,14 +595,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qc", help="QC table, so that QC-passed masks can be summarised apart")
     p.add_argument("--out", required=True)
 
-    p = _add(sub, "eval-summary", cmd_eval_summary, "one summary row per stage and split from evaluation tables")
+    p = _add(sub, "eval-summary", cmd_eval_summary, "one summary row per stage and split from evaluation tables",
+             ["lungssl eval-summary --inputs results/eval/*.parquet --out results/eval/summary.csv"],
+             rules="eval_summary")
     p.add_argument("--inputs", nargs="+", required=True)
     p.add_argument("--out", required=True)
 
     p = _add(sub, "train", cmd_train, "train a UNet on target masks (early learning, a round, final or supervised)",
-             "example: lungssl train --manifest results/manifest.parquet --images results/images/*.npy \\\n"
-             "  --targets results/weak/*.npz --qc results/qc/weak.parquet --params \"$(cat params.json)\" \\\n"
-             "  --out model.pt --metrics metrics.parquet --plot curve.png --state state.pt")
+             ["lungssl train --manifest results/manifest.parquet --images results/images/*.npy \\",
+              "    --targets results/weak/*.npz --qc results/qc/weak.parquet --params \"$(cat params.json)\" \\",
+              "    --out model.pt --metrics metrics.parquet --plot curve.png --state state.pt --device cuda"],
+             rules="early_learning, train_round, final_model or supervised_model",
+             note="Logs one line per epoch (loss, Dice, slope of the learning curve) and, within a long\n"
+                  "epoch, a progress line every LUNGSSL_PROGRESS_SECONDS (30) s. Rerun after a kill, it\n"
+                  "resumes after the last finished epoch (--state).")
     p.add_argument("--manifest", required=True)
     p.add_argument("--images", nargs="+", required=True, help="image stacks, one per shard")
     p.add_argument("--targets", nargs="+", help="mask stacks holding the targets")
@@ -487,25 +616,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", required=True, help="JSON {model: {...}, train: {...}}")
     p.add_argument("--init", help="start from this model's weights")
     p.add_argument("--stage", default="train")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=_positive_int, default=1)
+    p.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP + " (workflow: train.device)")
     p.add_argument("--chain", help="verified round chain (final stage): gives targets, QC table and init model")
     p.add_argument("--out", required=True)
     p.add_argument("--metrics", required=True)
     p.add_argument("--plot", required=True)
     p.add_argument("--state", required=True, help="resume state, rewritten every epoch")
 
-    p = _add(sub, "predict-shard", cmd_predict_shard, "pseudo-masks for one shard with a trained model")
+    p = _add(sub, "predict-shard", cmd_predict_shard, "pseudo-masks for one shard with a trained model",
+             ["lungssl predict-shard --model results/rounds/0/model.pt --images results/images/0000.npy \\",
+              "    --table results/ingest/shards/0000.parquet --out pseudo.npz --stats pseudo.parquet"],
+             rules="predict_round or predict_model")
     p.add_argument("--model", required=True)
     p.add_argument("--images", required=True)
     p.add_argument("--table", required=True)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--no-tta", action="store_true", help="skip the flip test-time augmentation")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=_positive_int, default=1)
+    p.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP + " (workflow: train.device)")
     p.add_argument("--out", required=True)
     p.add_argument("--stats", required=True)
 
-    p = _add(sub, "round-status", cmd_round_status, "merge a round's QC tables and decide whether the loop stops")
-    p.add_argument("--round", type=int, required=True)
+    p = _add(sub, "round-status", cmd_round_status, "merge a round's QC tables and decide whether the loop stops",
+             ["lungssl round-status --round 1 --qc results/rounds/1/qc/*.parquet \\",
+              "    --manifest results/manifest.parquet --model results/rounds/0/model.pt \\",
+              "    --qc-out results/rounds/1/qc.parquet --out results/rounds/1/status.json"], rules="round_status")
+    p.add_argument("--round", type=_positive_int, required=True)
     p.add_argument("--qc", nargs="+", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--model", required=True, help="the model that predicted this round")
@@ -516,19 +653,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = _add(sub, "round-chain", cmd_round_chain,
-             "verify the self-learning rounds 1..R form one chain and record what the final model trains on")
+             "verify the self-learning rounds 1..R form one chain and record what the final model trains on",
+             ["lungssl round-chain --inputs results/rounds/1/status.json results/rounds/1/qc.parquet \\",
+              "    results/rounds/0/model.pt results/rounds/1/pseudo/*.npz --out results/rounds/chain.json"],
+             rules="round_chain")
     p.add_argument("--inputs", nargs="+", required=True, help="status files, pseudo-masks, QC tables, models")
     p.add_argument("--out", required=True)
 
     p = _add(sub, "heatmap-codes", cmd_heatmap_codes,
-             "one shard's lung fields on the atlas grid, for learning the normal lung appearance")
+             "one shard's lung fields on the atlas grid, for learning the normal lung appearance",
+             ["lungssl heatmap-codes --images results/images/0000.npy --masks results/predictions/final/0000.npz \\",
+              "    --table results/ingest/shards/0000.parquet --out codes.npz"], rules="heatmap_codes")
     _heat_shard_args(p)
     p.add_argument("--out", required=True)
 
     p = _add(sub, "heatmap-model", cmd_heatmap_model,
              "robust model of normal lung appearance from the cohort's atlas codes",
-             "By default from the images whose lung field the mask fills most completely;\n"
-             "--normal-label NORMAL learns it from the images the manifest labels NORMAL instead.")
+             ["lungssl heatmap-model --codes codes/*.npz --manifest results/manifest.parquet "
+              "--out results/heatmaps/normal_model.npz"], rules="heatmap_model",
+             note="By default from the images whose lung field the mask fills most completely;\n"
+                  "--normal-label NORMAL learns it from the images the manifest labels NORMAL instead.")
     p.add_argument("--codes", nargs="+", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--params", default="{}", help="JSON of heatmap parameters")
@@ -537,9 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = _add(sub, "heatmap", cmd_heatmap, "heatmaps of suspicious opacities inside the lungs for one shard",
-             "example: lungssl heatmap --images results/images/0000.npy --masks results/predictions/final/0000.npz \\\n"
-             "  --table results/ingest/shards/0000.parquet --model results/heatmaps/normal_model.npz \\\n"
-             "  --out heat.npz --scores scores.parquet --overlays overlays/")
+             ["lungssl heatmap --images results/images/0000.npy --masks results/predictions/final/0000.npz \\",
+              "    --table results/ingest/shards/0000.parquet --model results/heatmaps/normal_model.npz \\",
+              "    --out heat.npz --scores scores.parquet --overlays overlays/"], rules="heatmap")
     _heat_shard_args(p)
     p.add_argument("--model", required=True, help="normal lung model (from heatmap-model)")
     p.add_argument("--out", required=True, help="heatmaps, uint8 in steps of 1/32 robust SD")
@@ -547,7 +691,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", required=True, help="folder for one overlay PNG per image")
 
     p = _add(sub, "heatmap-merge", cmd_heatmap_merge,
-             "merge per-shard heatmap scores; ROC AUC where the manifest has image labels (measuring only)")
+             "merge per-shard heatmap scores; ROC AUC where the manifest has image labels (measuring only)",
+             ["lungssl heatmap-merge --inputs scores/*.parquet --manifest results/manifest.parquet \\",
+              "    --out results/heatmaps/scores.parquet --auc results/heatmaps/auc.csv \\",
+              "    --roc results/heatmaps/roc.png"],
+             rules="heatmap_merge")
     p.add_argument("--inputs", nargs="+", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--positive", default="PNEUMONIA")
@@ -555,36 +703,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--auc", required=True)
     p.add_argument("--roc", required=True)
-
-    p = _add(sub, "predict", cmd_predict, "lung masks for any X-rays with a trained model",
-             "examples:\n  lungssl predict --model results/final/model.pt --input xrays/ --output masks/\n"
-             "  lungssl predict --model model.pt --input a.dcm b.png --output out/ --overlay\n"
-             "  lungssl predict --model results/final/model.pt --input xrays/ --output out/ \\\n"
-             "      --heatmaps results/heatmaps/normal_model.npz\n\n"
-             "exit codes: 0 all written, 3 some inputs rejected (see OUTPUT/rejected.csv), 2 error")
-    p.add_argument("--model", required=True)
-    p.add_argument("--input", nargs="+", required=True, help="folders (scanned recursively) and/or files")
-    p.add_argument("--output", required=True)
-    p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
-    p.add_argument("--lr-labels", action="store_true",
-                   help="also write <stem>_lr.png (1 = lung on the image's left, 2 = right) and left_right.csv")
-    p.add_argument("--heatmaps", metavar="NORMAL_MODEL",
-                   help="also write <stem>_heat.png and heatmap_scores.csv, with the normal lung model "
-                   "of a workflow run (results/heatmaps/normal_model.npz)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--batch-size", type=int, default=16)
     return parser
 
 
+# ---------------------------------------------------------------- errors
+
+def error_message(err: BaseException) -> str | None:
+    """The one line a person reads for an error they can act on; None for anything else (a bug:
+    its traceback is shown)."""
+    torch = sys.modules.get("torch")  # not imported: no GPU was ever touched
+    if torch is not None and isinstance(err, torch.cuda.OutOfMemoryError):
+        return ("the GPU ran out of memory: lower the batch size (predict --batch-size; in the workflow "
+                "train.batch_size, predict.batch_size) or model.size")
+    if isinstance(err, MemoryError):
+        return ("out of memory: lower the batch size (--batch-size; train.batch_size, predict.batch_size), "
+                "ingest.shard_size or the number of parallel jobs (--cores), or ask for more memory")
+    if isinstance(err, OSError):  # missing file, permission denied, disk full, ...
+        return f"{err.strerror}: {err.filename}" if err.strerror and err.filename is not None else str(err)
+    if isinstance(err, (ValueError, BrokenRoundChain)):
+        return str(err)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, BrokenRoundChain) as err:
-        log.error("%s", err)
-        return 2
+        return int(args.func(args) or EXIT_OK)
+    except KeyboardInterrupt:
+        print("lungssl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        message = error_message(err)
+        if message is None or args.debug:
+            raise
+        print(f"lungssl: error: {' '.join(message.splitlines())}", file=sys.stderr)  # one line
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

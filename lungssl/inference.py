@@ -6,11 +6,15 @@ between the two is a label-free confidence signal.
 """
 from __future__ import annotations
 
+import logging
+
 import cv2
 import numpy as np
 import torch
 
 from lungssl.modeling import normalise
+
+log = logging.getLogger("lungssl.inference")
 
 
 def _batch_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
@@ -23,8 +27,10 @@ def _batch_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.
 
 @torch.inference_mode()
 def predict_probs(model: torch.nn.Module, images: np.ndarray, size: int, device: torch.device,
-                  batch_size: int = 32, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(N x H x W uint8) -> (probabilities N x size x size float32, TTA agreement Dice per image)."""
+                  batch_size: int = 32, tta: bool = True, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """(N x H x W uint8) -> (probabilities N x size x size float32, TTA agreement Dice per image).
+
+    progress: a lungssl.progress.Progress told of every finished batch, or None."""
     model.eval()
     probs, agree = [], []
     amp = device.type == "cuda"
@@ -39,6 +45,8 @@ def predict_probs(model: torch.nn.Module, images: np.ndarray, size: int, device:
             else:
                 agree.append(torch.full((len(x),), float("nan"), device=device))
         probs.append(p[:, 0].float().cpu().numpy())
+        if progress is not None:
+            progress.update(len(x))
     if not probs:
         return np.zeros((0, size, size), np.float32), np.zeros(0, np.float32)
     return np.concatenate(probs), torch.cat(agree).cpu().numpy()
@@ -107,38 +115,91 @@ def _output_stem(path, roots, out_dir, used: set):
     stem = out_dir / parent / name
     if stem in used:  # a.png next to a.jpg: keep both
         stem = stem.with_name(f"{stem.name}.{path.suffix.lstrip('.')}")
+    base, k = stem, 1
+    while stem in used:  # p1/image.dcm and p2/image.dcm given as files or in a list: keep all
+        k += 1
+        stem = base.with_name(f"{base.name}.{k}")
     if not Path(os.path.normpath(stem)).is_relative_to(os.path.normpath(out_dir)) or stem.name in (".", ".."):
         raise ValueError(f"refusing to write outside {out_dir} for input {path}")
     used.add(stem)
     return stem
 
 
+LIST_SUFFIX = ".txt"
+
+
+def expand_inputs(inputs) -> tuple[list, list]:
+    """Folders (scanned recursively), text files listing paths (one per line) and image files ->
+    (the image files, the roots whose folder tree the outputs keep).
+
+    A list's lines are paths as you would type them here (relative ones from the current folder);
+    blank lines and lines starting with # are skipped; its files keep their folders below the
+    folder they share. An input that does not exist is an error; a listed file that does not is
+    rejected later like any unreadable file."""
+    import os
+    from pathlib import Path
+
+    from lungssl.ingest import find_files
+
+    files, roots = [], []
+    for p in map(Path, inputs):
+        check_exists(p)
+        if p.is_dir():
+            found = find_files(p)
+            if not found and len(inputs) > 1:  # alone, it is the error below
+                log.warning("no X-ray images in %s", p)
+            files += found
+            roots.append(p)
+        elif p.suffix.lower() == LIST_SUFFIX:
+            listed = [Path(os.path.abspath(line.strip())) for line in p.read_text(errors="replace").splitlines()
+                      if line.strip() and not line.lstrip().startswith("#")]
+            if listed:
+                roots.append(Path(os.path.commonpath([f.parent for f in listed])))
+            elif len(inputs) > 1:
+                log.warning("no paths listed in %s", p)
+            files += listed
+        else:
+            files.append(p)
+    return files, roots
+
+
+def check_exists(path) -> None:
+    """A path given on the command line must exist (a listed or found file may still be unreadable)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(f"input not found: {path} (no such folder or file)")
+
+
 def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: str = "auto",
                    batch_size: int = 16, progress: bool | None = None, lr_labels: bool = False,
                    heat_model=None) -> tuple[int, list[tuple[str, str]]]:
-    """Masks (0/255 PNG, each at its input's size) for folders and files; returns (written, rejected).
+    """Masks (0/255 PNG, each at its input's size) for folders, lists of paths and files; returns
+    (written, rejected). See expand_inputs for the inputs.
 
     With lr_labels, also <stem>_lr.png (0/1/2 = background / image-left / image-right lung) and
     left_right.csv saying for each image whether the pair is plausible. With heat_model (a normal
-    lung model from the workflow's heatmap stage), also <stem>_heat.png and heatmap_scores.csv."""
-    import sys
-
+    lung model from the workflow's heatmap stage), also <stem>_heat.png and heatmap_scores.csv.
+    progress: None = a bar on a terminal, a log line every 30 s elsewhere; False = neither."""
     import pandas as pd
-    from tqdm import tqdm
 
-    from lungssl.ingest import find_files
     from lungssl.loader import ImageReadError, read_image
     from lungssl.modeling import load_model, pick_device
+    from lungssl.progress import Progress
     from lungssl.storage import write_png
 
     dev = pick_device(device)
+    for p in inputs:  # a typo in a path fails before the model is even read
+        check_exists(p)
     model, spec, _ = load_model(model_path, dev)
     heat = _HeatWriter(heat_model) if heat_model else None
-    files = [f for p in inputs for f in (find_files(p) if p.is_dir() else [p])]
+    files, roots = expand_inputs(inputs)
     if not files:
-        raise ValueError(f"no X-ray images found in {', '.join(map(str, inputs))}")
+        raise ValueError(f"no X-ray images found in {', '.join(map(str, inputs))} "
+                         "(looked for PNG, JPEG, TIFF, BMP and DICOM files, in subfolders too)")
     rejected, used, written, lr_rows = [], set(), 0, []
-    bar = tqdm(total=len(files), unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
+    bar = Progress(len(files) if progress is not False else 0, "predict", terminal=progress)
     for start in range(0, len(files), batch_size):
         batch = []
         for path in files[start:start + batch_size]:
@@ -150,7 +211,7 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
             probs, _ = predict_probs(model, [px for _, px in batch], spec.size, dev, batch_size)
             for (path, px), prob in zip(batch, probs):
                 mask = clean_mask(to_mask(prob, *px.shape))
-                stem = _output_stem(path, inputs, out_dir, used)
+                stem = _output_stem(path, roots, out_dir, used)
                 write_png(stem.with_name(stem.name + ".png"), mask.astype(np.uint8) * 255)
                 if overlay:
                     write_png(stem.with_name(stem.name + "_overlay.png"), draw_overlay(px, mask))

@@ -19,10 +19,9 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
-
 from lungssl.loader import ImageReadError, file_digest, is_supported, read_image, read_mask
 from lungssl.presets import get_preset
+from lungssl.progress import Progress
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 log = logging.getLogger("lungssl.ingest")
@@ -177,7 +176,8 @@ def decode_shard(files: pd.DataFrame, size: int, progress: bool = True
                  ) -> tuple[pd.DataFrame, np.ndarray, list[str], np.ndarray]:
     """Decode one shard: (table of every file, accepted image stack, ids with masks, mask stack)."""
     rows, images, mask_ids, masks = [], [], [], []
-    for rec in tqdm(files.itertuples(index=False), total=len(files), disable=not progress, mininterval=5):
+    bar = Progress(len(files) if progress else 0, "decode", unit="files")
+    for rec in files.itertuples(index=False):
         row = {"image_id": rec.image_id, "accepted": False, "reason": "", "width": 0, "height": 0,
                "bit_depth": 0, "format": "", "sha256": "", "has_mask": False, "mask_reason": ""}
         try:
@@ -197,6 +197,8 @@ def decode_shard(files: pd.DataFrame, size: int, progress: bool = True
                 mask_ids.append(rec.image_id)
                 masks.append(mask)
         rows.append(row)
+        bar.update()
+    bar.close()
     table = pd.DataFrame(rows)
     # "row" is only set for accepted files: a shard where every file is rejected has no such column.
     table["row"] = (table["row"] if "row" in table else pd.Series(-1, index=table.index)).fillna(-1).astype(int)

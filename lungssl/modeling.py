@@ -33,11 +33,31 @@ class ModelSpec:
                    encoder_weights_path=cfg.get("encoder_weights_path"))
 
 
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
 def pick_device(requested: str = "auto") -> torch.device:
+    """auto: the GPU when PyTorch sees one, else the CPU; cpu; cuda (or cuda:N): a GPU or a clear error.
+
+    `lungssl predict --device` and, in the workflow, `train.device` (handed to `lungssl train` and
+    `lungssl predict-shard` as --device) choose it."""
+    requested = (requested or "auto").strip().lower()
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("a GPU was requested (--device cuda) but none is available; use --device cpu")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested != "cuda" and not (requested.startswith("cuda:") and requested[5:].isdigit()):
+        raise ValueError(f"unknown device {requested!r}: use {DEVICES}")
+    if not torch.cuda.is_available():
+        why = ("this PyTorch build has no CUDA support (a CPU-only install)" if torch.version.cuda is None
+               else "PyTorch sees no usable NVIDIA GPU here (none on this node, no driver, or "
+               "CUDA_VISIBLE_DEVICES hides it)")
+        raise ValueError(f"a GPU was asked for (device {requested}) but {why}; run on a GPU node, or use "
+                         "--device cpu / auto (in the workflow: train.device: cpu or auto)")
+    index = int(requested[5:]) if ":" in requested else 0
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"a GPU was asked for (device {requested}) but only {torch.cuda.device_count()} "
+                         f"GPU(s) are visible: use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return torch.device(requested)
 
 
@@ -95,24 +115,63 @@ def save_model(path: Path | str, model: torch.nn.Module, spec: ModelSpec, meta: 
         torch.save(payload, fh)
 
 
+USE_A_MODEL = "use a model.pt written by `lungssl train` or the workflow (results/final/model.pt)"
+
+
 def read_model_file(path: Path | str) -> dict:
-    """weights_only=True: a model file from elsewhere can never run code on load."""
+    """The payload of a lungssl model file, or an error saying what the file is and what to do.
+
+    weights_only=True: a model file from elsewhere can never run code on load."""
+    import zipfile
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a readable lungssl model: not a file; {USE_A_MODEL}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable lungssl model ({type(err).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path} is not a {MODEL_FORMAT} file (found {found!r}); retrain or use a matching lungssl")
+    except Exception as err:  # weights_only refuses pickled code: a clear error, nothing executed
+        if path.stat().st_size == 0:
+            reason = "the file is empty"
+        elif not zipfile.is_zipfile(path):
+            reason = "not a PyTorch archive (truncated or corrupt, or another kind of file)"
+        elif type(err).__name__ == "UnpicklingError":  # weights_only refused an object (no pickle import here)
+            reason = "it holds Python objects or code, which are never loaded (a lungssl model holds only weights)"
+        else:
+            reason = f"the archive is damaged ({type(err).__name__})"
+        raise ValueError(f"{path} is not a readable lungssl model: {reason}; {USE_A_MODEL}") from None
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if isinstance(found, str) and found.startswith("lungssl-model/") and found != MODEL_FORMAT:
+        raise ValueError(f"{path} is a lungssl model of format {found} (written by lungssl "
+                         f"{payload.get('lungssl_version', '?')}), but this lungssl {__version__} reads "
+                         f"{MODEL_FORMAT}: predict with the lungssl version that wrote it, or retrain with this one")
+    if found != MODEL_FORMAT:
+        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+            what = ("bare weights (a state_dict), not a lungssl model; an ImageNet encoder checkpoint "
+                    "belongs in model.encoder_weights_path")
+        else:
+            what = f"a PyTorch file but not a lungssl model (format {found!r}, expected {MODEL_FORMAT})"
+        raise ValueError(f"{path} is {what}; {USE_A_MODEL}")
+    missing = [k for k in ("spec", "state_dict", "meta") if not isinstance(payload.get(k), dict)]
+    if missing:
+        raise ValueError(f"{path} is a damaged lungssl model (no {', '.join(missing)}); {USE_A_MODEL}")
     return payload
 
 
 def load_model(path: Path | str, device: torch.device | None = None) -> tuple[torch.nn.Module, ModelSpec, dict]:
     payload = read_model_file(path)
-    spec = ModelSpec(**{**payload["spec"], "encoder_weights_path": None})
+    try:
+        spec = ModelSpec(**{**payload["spec"], "encoder_weights_path": None})
+    except TypeError as err:
+        raise ValueError(f"{path} describes its model in a way this lungssl {__version__} does not know "
+                         f"({err}); predict with the lungssl version that wrote it "
+                         f"({payload.get('lungssl_version', '?')}), or retrain") from None
     model = build_model(spec)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError:
+        raise ValueError(f"{path} is a damaged lungssl model: its weights do not fit its own architecture "
+                         f"({spec.arch}/{spec.encoder}); {USE_A_MODEL}") from None
     model.to(device or torch.device("cpu")).eval()
     return model, spec, payload["meta"]

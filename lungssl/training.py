@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lungssl.early_stop import slope_ratio
 from lungssl.ingest import resize_image, resize_mask
 from lungssl.modeling import ModelSpec, build_model, load_model, normalise, pick_device, save_model
+from lungssl.progress import Progress
 from lungssl.storage import atomic_path, read_image_stack, read_mask_stack
 
 log = logging.getLogger("lungssl.training")
@@ -241,8 +242,12 @@ def run_epoch(model, feed: Feed, p: TrainParams, epoch: int, device, optimizer=N
     keys = epoch_keys(len(feed), p, epoch, augmented=train)
     losses, dices, n = 0.0, 0.0, 0
     amp = device.type == "cuda"
+    batches_in = feed.pass_over(keys)
+    # Between the per-epoch lines, a long epoch says how far it got every LUNGSSL_PROGRESS_SECONDS.
+    progress = Progress(len(feed.loader), f"epoch {epoch} {'training' if train else 'validation'}",
+                        unit="batches", terminal=False)
     with torch.set_grad_enabled(train):
-        for x, y, w in feed.pass_over(keys):
+        for x, y, w in batches_in:
             x, y, w = _to(device, x), y.to(device, non_blocking=True), w.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)
@@ -254,6 +259,7 @@ def run_epoch(model, feed: Feed, p: TrainParams, epoch: int, device, optimizer=N
             losses += float(loss.detach()) * len(x)
             dices += float(hard_dice(logits.float(), y).sum())
             n += len(x)
+            progress.update()
     return losses / max(n, 1), dices / max(n, 1)
 
 
@@ -315,13 +321,15 @@ def empty_training_message(stage: str, n_split: int, n_scored: int, n_passed: in
 
 def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p: TrainParams,
                 out_model: Path, state_path: Path, init_model: Path | None = None,
-                threads: int = 1, meta: dict | None = None) -> pd.DataFrame:
-    """Train, stopping at the label-free elbow; returns the per-epoch metrics table."""
+                threads: int = 1, meta: dict | None = None, device: str = "auto") -> pd.DataFrame:
+    """Train, stopping at the label-free elbow; returns the per-epoch metrics table.
+    device: auto | cpu | cuda (see modeling.pick_device)."""
     if len(train.table) == 0:
         raise ValueError("no training images: every target mask was rejected by QC (nothing to learn from)")
     torch.manual_seed(p.seed)
     torch.set_num_threads(max(1, threads))
-    device = pick_device()
+    device = pick_device(device)
+    log.info("training on %s", device)
     model = load_model(init_model, device)[0] if init_model else build_model(spec).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -453,20 +453,24 @@ def weak_mask_with_stability(image: np.ndarray, params: WeakMaskParams = WeakMas
 def weak_masks_with_stability(images: np.ndarray, params: WeakMaskParams, progress: bool = False
                               ) -> tuple[np.ndarray, np.ndarray]:
     """A stack of images (N x H x W) -> (stack of masks, N stabilities)."""
-    from tqdm import tqdm
+    from lungssl.progress import Progress
 
     out = np.zeros(images.shape, dtype=bool)
     stability = np.full(len(images), np.nan)
-    for i in tqdm(range(len(images)), disable=not progress, mininterval=5):
-        out[i], stability[i] = weak_mask_with_stability(np.asarray(images[i]), params)
+    with Progress(len(images) if progress else 0, "weak masks") as bar:
+        for i in range(len(images)):
+            out[i], stability[i] = weak_mask_with_stability(np.asarray(images[i]), params)
+            bar.update()
     return out, stability
 
 
 def weak_masks(images: np.ndarray, params: WeakMaskParams, progress: bool = False) -> np.ndarray:
     """A stack of images (N x H x W) -> a stack of masks, one image at a time (memory stays flat)."""
-    from tqdm import tqdm
+    from lungssl.progress import Progress
 
     out = np.zeros(images.shape, dtype=bool)
-    for i in tqdm(range(len(images)), disable=not progress, mininterval=5):
-        out[i] = weak_mask(np.asarray(images[i]), params)
+    with Progress(len(images) if progress else 0, "weak masks") as bar:
+        for i in range(len(images)):
+            out[i] = weak_mask(np.asarray(images[i]), params)
+            bar.update()
     return out

@@ -1,3 +1,4 @@
+import difflib
 import json
 import math
 import os
@@ -10,7 +11,67 @@ from snakemake.utils import min_version, validate
 min_version("8.20")
 
 
-validate(config, schema="../config/schema.yaml")
+# ---------------------------------------------------------------- config check
+# A config mistake stops the workflow before any job, in one line that names the key, what is
+# wrong and what is allowed (jsonschema's own report prints the whole schema).
+
+
+def _key_path(path):
+    """deque(["input", "extra", 0, "name"]) -> "input.extra[0].name"."""
+    parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in path]
+    return "".join(parts).lstrip(".")
+
+
+def _did_you_mean(word, choices):
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def config_error_message(err):
+    """One line for a jsonschema ValidationError of the config."""
+    key, schema = _key_path(err.absolute_path), err.schema
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = list(schema.get("properties", {}))
+        unknown = sorted(k for k in err.instance if k not in allowed)
+        where = f"under {key}" if key else "at the top level"
+        names = ", ".join(f"{key}.{k}" if key else k for k in unknown)
+        return (f"config: unknown key {names}{_did_you_mean(unknown[0], allowed)}; the keys allowed {where} "
+                f"are: {', '.join(allowed)}")
+    if err.validator == "enum":
+        allowed = err.validator_value
+        return (f"config: {key} is {err.instance!r}, which is not allowed{_did_you_mean(err.instance, allowed)}; "
+                f"allowed values: {', '.join(map(str, allowed))}")
+    hint = f" ({schema['description']})" if isinstance(schema, dict) and schema.get("description") else ""
+    return f"config: {key or 'the configuration'}: {err.message}{hint}"
+
+
+try:
+    validate(config, schema="../config/schema.yaml")
+except WorkflowError as err:
+    cause = err.__context__  # snakemake raises its WorkflowError while handling jsonschema's error
+    if not (hasattr(cause, "validator") and hasattr(cause, "absolute_path")):
+        raise
+    raise WorkflowError(config_error_message(cause)) from None
+
+
+def _check_input_folder(images, key):
+    """A missing or empty input folder stops the workflow at start-up, naming the config key. (A
+    folder with files but no X-rays among them fails in the scan job: see logs/ingest/scan.log.)"""
+    path = Path(images)
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        relative = "" if path.is_absolute() else f" (relative to the working directory {os.getcwd()})"
+        raise WorkflowError(f"config: {key} = {images!r}: the input folder {what}{relative}; "
+                            "set it to the folder of your X-rays")
+    if not any(files for _, _, files in os.walk(path)):  # stops at the first folder holding a file
+        raise WorkflowError(f"config: {key} = {images!r}: no X-ray images found: the folder is empty (no file "
+                            "in it or its subfolders); set it to the folder of your X-rays")
+
+
+if config["input"]["images"] != "synthetic":
+    _check_input_folder(config["input"]["images"], "input.images")
+for _k, _extra in enumerate(config["input"]["extra"]):
+    _check_input_folder(_extra["images"], f"input.extra[{_k}].images")
 
 # Code files are inputs of the rules they drive, so editing e.g. the weak-mask module reruns
 # exactly those jobs and their dependants (mtime trigger), never ingest.

@@ -14,6 +14,7 @@ rule early_learning:
             category="Learning",
         ),
     params:
+        device=config["train"]["device"],
         train=train_params(
             config["early_learning"]["max_epochs"],
             config["early_learning"]["min_epochs"],
@@ -35,5 +36,5 @@ rule early_learning:
     shell:
         "lungssl train --stage early_learning --manifest {input.manifest} --images {input.images} "
         "--targets {input.targets} --qc {input.qc} --params {params.train:q} --threads {threads} "
-        "--out {output.model} --metrics {output.metrics} --plot {output.plot} --state {params.state} "
-        "> {log} 2>&1"
+        "--device {params.device} --out {output.model} --metrics {output.metrics} --plot {output.plot} "
+        "--state {params.state} > {log} 2>&1"

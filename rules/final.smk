@@ -36,6 +36,7 @@ rule final_model:
             category="Learning",
         ),
     params:
+        device=config["train"]["device"],
         train=train_params(config["final"]["epochs"]),
         state=lambda wildcards, output: os.path.join(os.path.dirname(output.model), "train_state.pt"),
     log:
@@ -51,7 +52,8 @@ rule final_model:
         "../envs/lungssl.yaml"
     shell:
         "lungssl train --stage final --chain {input.chain} --manifest {input.manifest} "
-        "--images {input.images} --params {params.train:q} --threads {threads} --out {output.model} --metrics {output.metrics} --plot {output.plot} "
+        "--images {input.images} --params {params.train:q} --threads {threads} "
+        "--device {params.device} --out {output.model} --metrics {output.metrics} --plot {output.plot} "
         "--state {params.state} > {log} 2>&1"
 
 
@@ -67,6 +69,7 @@ rule predict_model:
     wildcard_constraints:
         stage="final|supervised",
     params:
+        device=config["train"]["device"],
         batch=config["predict"]["batch_size"],
         tta="" if config["predict"]["tta"] else "--no-tta",
     log:
@@ -82,5 +85,5 @@ rule predict_model:
         "../envs/lungssl.yaml"
     shell:
         "lungssl predict-shard --model {input.model} --images {input.images} --table {input.table} "
-        "--batch-size {params.batch} {params.tta} --threads {threads} --out {output.masks} "
-        "--stats {output.stats} > {log} 2>&1"
+        "--batch-size {params.batch} {params.tta} --threads {threads} --device {params.device} "
+        "--out {output.masks} --stats {output.stats} > {log} 2>&1"

@@ -16,6 +16,7 @@ rule predict_round:
         masks=f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.npz",
         stats=f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.parquet",
     params:
+        device=config["train"]["device"],
         batch=config["predict"]["batch_size"],
         tta="" if config["predict"]["tta"] else "--no-tta",
     log:
@@ -31,8 +32,8 @@ rule predict_round:
         "../envs/lungssl.yaml"
     shell:
         "lungssl predict-shard --model {input.model} --images {input.images} --table {input.table} "
-        "--batch-size {params.batch} {params.tta} --threads {threads} --out {output.masks} "
-        "--stats {output.stats} > {log} 2>&1"
+        "--batch-size {params.batch} {params.tta} --threads {threads} --device {params.device} "
+        "--out {output.masks} --stats {output.stats} > {log} 2>&1"
 
 
 rule qc_round:
@@ -107,6 +108,7 @@ rule train_round:
             subcategory="Self-learning rounds",
         ),
     params:
+        device=config["train"]["device"],
         train=train_params(
             config["self_learning"]["max_epochs"],
             config["self_learning"]["min_epochs"],
@@ -128,5 +130,5 @@ rule train_round:
     shell:
         "lungssl train --stage round_{wildcards.r} --manifest {input.manifest} --images {input.images} "
         "--targets {input.targets} --qc {input.qc} --init {input.init} --params {params.train:q} "
-        "--threads {threads} --out {output.model} --metrics {output.metrics} --plot {output.plot} "
-        "--state {params.state} > {log} 2>&1"
+        "--threads {threads} --device {params.device} --out {output.model} --metrics {output.metrics} "
+        "--plot {output.plot} --state {params.state} > {log} 2>&1"

@@ -17,6 +17,7 @@ rule supervised_model:
             category="Learning",
         ),
     params:
+        device=config["train"]["device"],
         train=train_params(config["supervised"]["epochs"]),
         state=lambda wildcards, output: os.path.join(os.path.dirname(output.model), "train_state.pt"),
     log:
@@ -32,5 +33,5 @@ rule supervised_model:
         "../envs/lungssl.yaml"
     shell:
         "lungssl train --stage supervised --manifest {input.manifest} --images {input.images} "
-        "--targets {input.targets} --params {params.train:q} --threads {threads} --out {output.model} "
-        "--metrics {output.metrics} --plot {output.plot} --state {params.state} > {log} 2>&1"
+        "--targets {input.targets} --params {params.train:q} --threads {threads} --device {params.device} "
+        "--out {output.model} --metrics {output.metrics} --plot {output.plot} --state {params.state} > {log} 2>&1"

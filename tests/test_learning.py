@@ -47,7 +47,7 @@ def test_model_round_trip_and_format_check(tmp_path):
     model.eval()
     assert torch.allclose(model(x), loaded(x))
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a lungssl-model"):
+    with pytest.raises(ValueError, match="bare weights"):
         read_model_file(tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a readable lungssl model"):

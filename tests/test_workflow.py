@@ -82,12 +82,15 @@ def test_config_typo_fails_before_any_job_naming_the_key(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_empty_input_folder_fails_with_clear_message(tmp_path):
+def test_input_folder_without_images_fails_with_clear_message(tmp_path):
+    # An empty folder fails at start-up (tests/test_cli.py); one holding other files, in the scan job.
     (tmp_path / "xrays").mkdir()
+    (tmp_path / "xrays" / "notes.txt").write_text("no X-rays here")
     write_config(tmp_path, {"input": {"images": str(tmp_path / "xrays"), "preset": "generic"}})
     proc = snakemake(tmp_path, check=False)
     assert proc.returncode != 0
-    assert "no X-ray images found" in (tmp_path / "logs/ingest/scan.log").read_text()
+    log = (tmp_path / "logs/ingest/scan.log").read_text()
+    assert f"lungssl: error: no X-ray images found in {tmp_path / 'xrays'}" in log and "Traceback" not in log
 
 
 def test_lint_is_clean():

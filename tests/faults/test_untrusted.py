@@ -48,7 +48,7 @@ def test_a_model_file_with_pickled_code_is_refused_by_predict(booby_trapped, tmp
     proc = subprocess.run([sys.executable, "-m", "lungssl.cli", "predict", "--model", str(path), "--input",
                            str(tmp_path / "in"), "--output", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "not a readable lungssl model" in proc.stderr
+    assert proc.returncode == 1 and "not a readable lungssl model" in proc.stderr
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
