@@ -17,8 +17,8 @@ import pandas as pd
 
 from lungssl import __version__
 from lungssl.self_learning import BrokenRoundChain
-from lungssl.storage import (atomic_path, mask_stack_size, read_image_stack, read_mask_stack, write_image_stack,
-                             write_json, write_mask_stack, write_parquet)
+from lungssl.storage import (atomic_path, mask_stack_size, merge_parquet, read_image_stack, read_mask_stack,
+                             write_image_stack, write_json, write_mask_stack, write_parquet)
 
 log = logging.getLogger("lungssl")
 
@@ -143,8 +143,7 @@ def cmd_qc_merge(a: argparse.Namespace) -> None:
     from lungssl.plots import score_histogram
     from lungssl.qc import summarize
 
-    table = pd.concat([pd.read_parquet(p) for p in a.inputs], ignore_index=True)
-    write_parquet(table, a.out)
+    table = merge_parquet(a.inputs, a.out, keep=["image_id", "qc_score", "qc_pass"])
     summary = summarize(table, a.threshold)
     write_json(summary, a.summary)
     score_histogram(table["qc_score"].to_numpy(), a.threshold, a.plot, title=a.title)
@@ -260,8 +259,7 @@ def cmd_round_status(a: argparse.Namespace) -> None:
     from lungssl.qc import summarize
     from lungssl.self_learning import round_status, write_status
 
-    qc = pd.concat([pd.read_parquet(p) for p in a.qc], ignore_index=True)
-    write_parquet(qc, a.qc_out)
+    qc = merge_parquet(a.qc, a.qc_out, keep=["image_id", "qc_score", "qc_pass"])
     manifest = pd.read_parquet(a.manifest, columns=["image_id", "split"])
     status = round_status(a.round, qc, manifest, Path(a.model), Path(a.qc_out), a.target_pass,
                           a.min_rounds, a.max_rounds)

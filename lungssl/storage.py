@@ -57,6 +57,28 @@ def write_parquet(df: pd.DataFrame, path: Path | str) -> None:
         df.to_parquet(tmp, index=False)
 
 
+def merge_parquet(inputs: list[Path | str], path: Path | str, keep: list[str]) -> pd.DataFrame:
+    """Concatenate per-shard tables into one parquet file, one shard in memory at a time, and return
+    only the columns `keep` of all rows: a merge job's memory stays set by the shard size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # A shard where a column is all missing stores it as null: promote to the other shards' type.
+    schema = pa.unify_schemas([pq.read_schema(p).remove_metadata() for p in inputs], promote_options="permissive")
+    kept = []
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for p in inputs:
+                part = pq.read_table(p).replace_schema_metadata(None)
+                for name in schema.names:
+                    if name not in part.column_names:
+                        part = part.append_column(name, pa.nulls(len(part), schema.field(name).type))
+                part = part.select(schema.names).cast(schema)
+                writer.write_table(part)
+                kept.append(part.select(keep).to_pandas())
+    return pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=keep)
+
+
 def write_json(obj: Any, path: Path | str) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
 

@@ -46,3 +46,18 @@ def test_parquet_and_json(tmp_path):
     storage.write_json({"n": np.int64(3)}, tmp_path / "s.json")
     assert pd.read_parquet(tmp_path / "t.parquet")["a"].tolist() == [1]
     assert '"n": 3' in (tmp_path / "s.json").read_text()
+
+
+def test_merge_parquet_streams_shards_into_one_table(tmp_path):
+    a = pd.DataFrame({"image_id": ["a", "b"], "qc_score": [0.9, 0.2], "note": [None, None], "f": [1.0, 2.0]})
+    b = pd.DataFrame({"image_id": ["c"], "qc_score": [0.5], "note": ["x"], "f": [3.0]})
+    storage.write_parquet(a, tmp_path / "0000.parquet")
+    storage.write_parquet(b, tmp_path / "0001.parquet")
+    kept = storage.merge_parquet([tmp_path / "0000.parquet", tmp_path / "0001.parquet"], tmp_path / "all.parquet",
+                                 keep=["image_id", "qc_score"])
+    merged = pd.read_parquet(tmp_path / "all.parquet")
+    # a shard whose column is all missing (stored as null) merges with a shard that has values
+    storage.write_parquet(pd.concat([a, b], ignore_index=True), tmp_path / "concat.parquet")
+    pd.testing.assert_frame_equal(merged, pd.read_parquet(tmp_path / "concat.parquet"))
+    assert list(kept.columns) == ["image_id", "qc_score"] and kept["image_id"].tolist() == ["a", "b", "c"]
+    assert not list(tmp_path.glob(".*.tmp"))
