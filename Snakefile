@@ -18,6 +18,7 @@ include: "rules/final.smk"
 include: "rules/supervised.smk"
 include: "rules/evaluate.smk"
 include: "rules/heatmaps.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -25,4 +26,6 @@ rule all:
         "results/manifest.parquet",
         "results/qc/weak.parquet",
         final_targets,
+        report_figures,
+        "results/report/runtimes.html",
     default_target: True

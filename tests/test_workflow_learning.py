@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,6 +104,46 @@ def test_heatmap_stage_covers_every_image(chain_run):
     assert (r / "heatmaps/roc.png").stat().st_size > 1000
     with np.load(r / "heatmaps/0000.npz") as z:
         assert z["heat"].dtype == np.uint8 and len(z["ids"]) == z["heat"].shape[0]
+
+
+REPORT_SECTIONS = ("1 Input", "2 Quality control", "3 Learning", "4 Masks", "5 Evaluation", "6 Heatmaps", "7 Runtime")
+REPORT_FILES = ("results/ingest/summary.html", "results/qc/weak_hist.png", "results/report/qc_by_round.png",
+                "results/rounds/0/learning_curve.png", "results/report/pass_fraction.png",
+                "results/report/overlays_sample.png", "results/report/overlays_worst_qc.png",
+                "results/eval/summary.html", "results/eval/dice.png", "results/heatmaps/roc.png",
+                "results/report/runtimes.html", "results/report/runtimes.png")
+
+
+def test_report_figures_are_made_by_the_run(chain_run):
+    r = chain_run / "results"
+    ingest = (r / "ingest/summary.html").read_text()
+    assert "files found" in ingest and "<td>24</td>" in ingest
+    runtimes = (r / "report/runtimes.html").read_text()
+    for rule in ("decode", "weak_masks", "early_learning", "train_round", "predict_round", "final_model", "heatmap"):
+        assert f"<td>{rule}</td>" in runtimes, rule  # per-shard and per-round jobs attributed to their rule
+    assert "reference: supervised model" in (r / "eval/summary.html").read_text()
+    for png in ("report/pass_fraction.png", "report/qc_by_round.png", "report/overlays_sample.png",
+                "report/overlays_worst_qc.png", "eval/dice.png", "report/runtimes.png"):
+        assert (r / png).stat().st_size > 10_000, png
+
+
+def test_html_report_covers_every_section(chain_run, tmp_path):
+    report = tmp_path / "report.html"
+    snakemake(chain_run, "--report", str(report))
+    html = report.read_text(encoding="utf-8")
+    # self-contained: no script, style sheet or image is fetched from elsewhere
+    assert not re.findall(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=[\"']?(?:https?:)?//", html)
+    results = json.loads(re.search(r'<script id="results">\s*var results = (.*?);\s*</script>', html, re.S).group(1))
+    categories = json.loads(re.search(r'<script id="categories">\s*var categories = (.*?);\s*</script>', html,
+                                      re.S).group(1))
+    assert sorted(categories) == list(REPORT_SECTIONS)
+    for path in REPORT_FILES:
+        assert path in results, path
+        mime = "image/png" if path.endswith(".png") else "text/html"
+        assert results[path]["data_uri"].startswith(f"data:{mime};"), path  # embedded, not linked
+        assert results[path]["caption"], path
+    assert "results/rounds/1/learning_curve.png" in categories["3 Learning"]["2 Self-learning rounds"]
+    assert "Sections of this report" in html
 
 
 def test_predict_cli_heatmaps(chain_run, tmp_path):
