@@ -26,6 +26,5 @@ rule all:
         "results/manifest.parquet",
         "results/qc/weak.parquet",
         final_targets,
-        report_figures,
-        "results/report/runtimes.html",
+        report_targets,
     default_target: True

@@ -105,7 +105,7 @@ def roc_plot(scores, manifest, positive: str, negative: str, path: Path | str) -
         ax.legend(loc="lower right", fontsize=8)
     else:
         ax.text(0.5, 0.5, f"no images labelled {positive} and {negative}:\nnothing to measure",
-                ha="center", va="center")
+                ha="center", va="center", bbox={"facecolor": "white", "edgecolor": "none"})
     _save(fig, path)
 
 
