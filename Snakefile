@@ -18,6 +18,7 @@ include: "rules/final.smk"
 include: "rules/supervised.smk"
 include: "rules/evaluate.smk"
 include: "rules/heatmaps.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -25,4 +26,5 @@ rule all:
         "results/manifest.parquet",
         "results/qc/weak.parquet",
         final_targets,
+        report_targets,
     default_target: True

@@ -374,6 +374,83 @@ def cmd_heatmap_merge(a: argparse.Namespace) -> None:
              aucs.to_dict("records") if len(aucs) else f"not measured (no {a.positive}/{a.negative} labels)")
 
 
+# ---------------------------------------------------------------- report figures and tables
+
+def _write_html(path: str, text: str) -> None:
+    from lungssl.storage import write_bytes
+
+    write_bytes(path, text.encode())
+
+
+def cmd_report_ingest(a: argparse.Namespace) -> None:
+    from lungssl.report import html_page, ingest_sections
+
+    summary = json.loads(Path(a.summary).read_text())
+    _write_html(a.out, html_page("Input: files found, accepted and rejected", ingest_sections(summary)))
+    log.info("input summary: %d found, %d accepted, %d rejected", summary["found"], summary["accepted"],
+             summary["rejected"])
+
+
+def cmd_report_eval(a: argparse.Namespace) -> None:
+    from lungssl.plots import dice_plot
+    from lungssl.report import dice_by_stage, eval_sections, html_page
+
+    summary = pd.read_csv(a.summary)
+    notes = ["Ground truth is used only here, to measure. Label-free stages first; the supervised reference "
+             "(the same network trained on the ground-truth masks) is greyed, for comparison."]
+    _write_html(a.table, html_page("Evaluation against the ground truth", eval_sections(summary), notes))
+    dice_plot(dice_by_stage(pd.read_parquet(p) for p in a.inputs), a.plot)
+    log.info("evaluation table and Dice distributions of %d stages", len(a.inputs))
+
+
+def cmd_report_rounds(a: argparse.Namespace) -> None:
+    from lungssl.plots import pass_fraction_plot, stage_histograms
+    from lungssl.self_learning import pass_fractions
+
+    manifest = pd.read_parquet(a.manifest, columns=["image_id", "split"])
+    weak = pd.read_parquet(a.weak_qc)
+    rounds = pass_fractions(weak, manifest, [Path(p) for p in a.statuses])
+    pass_fraction_plot(rounds, a.target_pass, a.plot)
+    scores = {"Weak masks": weak["qc_score"].to_numpy()}
+    for path in sorted(a.round_qc, key=lambda p: int(Path(p).parent.name)):
+        scores[f"Round {Path(path).parent.name} pseudo-masks"] = pd.read_parquet(path)["qc_score"].to_numpy()
+    stage_histograms(scores, a.threshold, a.hist)
+    log.info("pass fraction per round:\n%s", rounds.to_string(index=False))
+
+
+def cmd_report_overlays(a: argparse.Namespace) -> None:
+    from lungssl.plots import overlay_grid
+    from lungssl.report import gather_panels, pick_images
+
+    def by_shard(paths):
+        return {Path(p).stem: Path(p) for p in paths} if paths else None
+
+    picks = pick_images(pd.read_parquet(a.manifest), pd.read_parquet(a.qc), a.rows, a.seed)
+    flag_z = a.flag_z if a.heat else None
+    for name, title, out in (("sample", f"Seeded sample of {a.rows} images (seed {a.seed})", a.sample),
+                             ("worst_qc", f"The {a.rows} weak masks with the lowest QC scores", a.worst)):
+        panels = gather_panels(picks[name], by_shard(a.images), by_shard(a.weak), by_shard(a.final), by_shard(a.heat))
+        overlay_grid(panels, out, title, flag_z)
+        log.info("%s: %s", name, ", ".join(picks[name]["image_id"]))
+
+
+def cmd_report_runtimes(a: argparse.Namespace) -> None:
+    from lungssl.plots import runtime_plot
+    from lungssl.report import html_page, runtime_table
+
+    paths = sorted(Path(a.benchmarks).rglob("*.tsv"))
+    table = runtime_table(paths, json.loads(a.patterns), exclude=a.exclude)
+    total = table["total_s"].sum()
+    notes = [f"{int(table['jobs'].sum())} jobs, {total:,.0f} s of wall time summed over jobs (jobs run in "
+             "parallel, so the run took less), from the benchmark files in " + a.benchmarks + ". Peak memory is "
+             "the largest resident set size of one job."]
+    runtime_plot(table, a.plot)
+    shown = table.rename(columns={"total_s": "wall s (sum)", "max_s": "wall s (longest job)",
+                                  "max_rss_mb": "peak memory (MB)", "cpu_s": "CPU s (sum)"})
+    _write_html(a.table, html_page("Runtime per rule", [("Rules, longest first", shown, "")], notes))
+    log.info("runtimes of %d rules from %d benchmark files", len(table), len(paths))
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
     from lungssl.inference import predict_folder
 
@@ -701,6 +778,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--auc", required=True)
     p.add_argument("--roc", required=True)
+
+    p = _add(sub, "report-ingest", cmd_report_ingest, "HTML table of the input: found, accepted, rejected by reason",
+             ["lungssl report-ingest --summary results/ingest/summary.json --out results/ingest/summary.html"],
+             rules="report_ingest")
+    p.add_argument("--summary", required=True, help="results/ingest/summary.json")
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "report-eval", cmd_report_eval,
+             "HTML Dice table and per-image Dice distributions per stage (measuring only)",
+             ["lungssl report-eval --inputs results/eval/weak.parquet results/eval/final.parquet \\",
+              "    --summary results/eval/summary.csv --table results/eval/summary.html --plot results/eval/dice.png"],
+             rules="report_eval")
+    p.add_argument("--inputs", nargs="+", required=True, help="per-stage evaluation tables")
+    p.add_argument("--summary", required=True, help="results/eval/summary.csv")
+    p.add_argument("--table", required=True)
+    p.add_argument("--plot", required=True)
+
+    p = _add(sub, "report-rounds", cmd_report_rounds,
+             "QC pass fraction per self-learning round and the QC-score histograms of every stage",
+             ["lungssl report-rounds --manifest results/manifest.parquet --weak-qc results/qc/weak.parquet \\",
+              "    --statuses results/rounds/1/status.json --round-qc results/rounds/1/qc.parquet \\",
+              "    --threshold 0.75 --target-pass 0.66 --plot pass_fraction.png --hist qc_by_round.png"],
+             rules="report_rounds")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--weak-qc", required=True)
+    p.add_argument("--statuses", nargs="+", required=True, help="rounds/<r>/status.json of rounds 1..R")
+    p.add_argument("--round-qc", nargs="+", required=True, help="rounds/<r>/qc.parquet of rounds 1..R")
+    p.add_argument("--threshold", type=float, required=True)
+    p.add_argument("--target-pass", type=float, required=True)
+    p.add_argument("--plot", required=True)
+    p.add_argument("--hist", required=True)
+
+    p = _add(sub, "report-overlays", cmd_report_overlays,
+             "grids of image / weak mask / final mask (/ heatmap) for a seeded sample and the worst QC scores",
+             ["lungssl report-overlays --manifest results/manifest.parquet --qc results/qc/weak.parquet \\",
+              "    --images results/images/0000.npy --weak results/weak/0000.npz \\",
+              "    --final results/predictions/final/0000.npz --sample sample.png --worst worst.png"],
+             rules="report_overlays")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--qc", required=True, help="QC table of the weak masks")
+    p.add_argument("--images", nargs="+", required=True, help="image stacks, one per shard")
+    p.add_argument("--weak", nargs="+", required=True, help="weak mask stacks, one per shard")
+    p.add_argument("--final", nargs="+", required=True, help="final model's mask stacks, one per shard")
+    p.add_argument("--heat", nargs="*", default=[], help="heatmap stacks, one per shard (none: no heatmap column)")
+    p.add_argument("--flag-z", type=float, default=2.0)
+    p.add_argument("--rows", type=_positive_int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample", required=True)
+    p.add_argument("--worst", required=True)
+
+    p = _add(sub, "report-runtimes", cmd_report_runtimes, "runtime per rule from Snakemake's benchmark files",
+             ["lungssl report-runtimes --benchmarks results/benchmarks \\",
+              "    --patterns '{\"weak_masks\": \"results/benchmarks/weak_masks/{shard}.tsv\"}' \\",
+              "    --table results/report/runtimes.html --plot results/report/runtimes.png"],
+             rules="report_runtimes")
+    p.add_argument("--benchmarks", required=True, help="folder of the benchmark files (searched recursively)")
+    p.add_argument("--patterns", required=True, help="JSON {rule: benchmark path pattern with {wildcards}}")
+    p.add_argument("--exclude", nargs="*", default=[], help="rules left out")
+    p.add_argument("--table", required=True)
+    p.add_argument("--plot", required=True)
     return parser
 
 

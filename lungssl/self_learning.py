@@ -41,15 +41,20 @@ def decide(round_: int, pass_fraction: float, target_pass: float, min_rounds: in
     return False, f"pass fraction {pass_fraction:.3f} < target {target_pass:.3f}"
 
 
-def round_status(round_: int, qc: pd.DataFrame, manifest: pd.DataFrame, model: Path, qc_path: Path,
-                 target_pass: float, min_rounds: int, max_rounds: int) -> RoundStatus:
-    """Pass fraction over the training split only: validation images never steer the loop."""
+def train_pass(qc: pd.DataFrame, manifest: pd.DataFrame) -> tuple[int, int, float]:
+    """(passed, training-split masks, pass fraction): over the training split only, so validation
+    images never steer the loop."""
     train_ids = set(manifest.loc[manifest["split"] == "train", "image_id"])
     train_qc = qc[qc["image_id"].isin(train_ids)]
     n_pass = int(train_qc["qc_pass"].sum())
-    frac = n_pass / len(train_qc) if len(train_qc) else 0.0
+    return n_pass, len(train_qc), n_pass / len(train_qc) if len(train_qc) else 0.0
+
+
+def round_status(round_: int, qc: pd.DataFrame, manifest: pd.DataFrame, model: Path, qc_path: Path,
+                 target_pass: float, min_rounds: int, max_rounds: int) -> RoundStatus:
+    n_pass, n_train, frac = train_pass(qc, manifest)
     stop, reason = decide(round_, frac, target_pass, min_rounds, max_rounds)
-    return RoundStatus(round_, frac, len(train_qc), n_pass, stop, reason, file_digest(model), file_digest(qc_path))
+    return RoundStatus(round_, frac, n_train, n_pass, stop, reason, file_digest(model), file_digest(qc_path))
 
 
 def write_status(status: RoundStatus, path: Path) -> None:
@@ -60,6 +65,18 @@ def write_status(status: RoundStatus, path: Path) -> None:
 
 def read_status(path: Path) -> RoundStatus:
     return RoundStatus(**json.loads(Path(path).read_text()))
+
+
+def pass_fractions(weak_qc: pd.DataFrame, manifest: pd.DataFrame, status_paths: list[Path]) -> pd.DataFrame:
+    """One row per round (0 = the weak masks early learning trained on): training-split pass
+    fraction, counts, and whether and why the loop stopped there."""
+    n_pass, n_train, frac = train_pass(weak_qc, manifest)
+    rows = [{"round": 0, "pass_fraction": frac, "n_pass": n_pass, "n_train": n_train, "stop": False,
+             "reason": "weak masks (early learning)"}]
+    for s in sorted((read_status(p) for p in status_paths), key=lambda s: s.round):
+        rows.append({"round": s.round, "pass_fraction": s.pass_fraction, "n_pass": s.n_pass, "n_train": s.n_train,
+                     "stop": s.stop, "reason": s.reason})
+    return pd.DataFrame(rows)
 
 
 class BrokenRoundChain(RuntimeError):

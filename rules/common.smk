@@ -112,7 +112,7 @@ PIXELS = (CFG_INGEST["size"] / 256) ** 2  # per-image cost of the image stages r
 MODEL_PIXELS = (config["model"]["size"] / 128) ** 2  # per-image network cost relative to 128 px
 CUDA_HOST_MB = 4000  # host memory of a CUDA process (training peak RSS 6.8 GB on GPU, 2.3-3.0 GB on CPU)
 
-# Tiny bookkeeping jobs (concatenate tables, hash files, read a status) run on the submit host
+# Tiny bookkeeping jobs (concatenate tables, hash files, read a status, draw a report table) run on the submit host
 # instead of waiting in a cluster queue for seconds of work.
 localrules:
     manifest,
@@ -121,6 +121,10 @@ localrules:
     round_chain,
     eval_summary,
     heatmap_merge,
+    report_ingest,
+    report_rounds,
+    report_eval,
+    report_runtimes,
 
 
 def _grows(base, per_image, images, per=1):
@@ -297,3 +301,41 @@ def final_targets(wildcards):
     if config["heatmaps"]["enabled"]:
         targets.append("results/heatmaps/scores.parquet")
     return targets
+
+
+# ---------------------------------------------------------------- report (rules/report.smk)
+
+REPORT_DIR = "results/report"
+
+
+def chain_rounds(name):
+    """rounds/<r>/<name> for the rounds 1..R of the final chain (known once the loop has stopped)."""
+    return lambda wildcards: [f"{ROUND_ROOT}/{r}/{name}" for r in range(1, final_round() + 1)]
+
+
+def report_figures(wildcards):
+    """Every report figure and table but the runtimes (which wait for all of them)."""
+    # Asked only once the rounds' statuses are known, as in final_targets: otherwise the jobs after the
+    # rounds enter the DAG before a missing status file is rebuilt, and rebuilding it (same content)
+    # would retrain the final model.
+    final_round()
+    figures = [
+        "results/ingest/summary.html",
+        f"{REPORT_DIR}/pass_fraction.png",
+        f"{REPORT_DIR}/qc_by_round.png",
+        f"{REPORT_DIR}/overlays_sample.png",
+        f"{REPORT_DIR}/overlays_worst_qc.png",
+    ]
+    if has_ground_truth():
+        figures += ["results/eval/summary.html", "results/eval/dice.png"]
+    return figures
+
+
+def report_targets(wildcards):
+    """The report figures and the runtime table, which waits for everything else."""
+    return [*report_figures(wildcards), f"{REPORT_DIR}/runtimes.html"]
+
+
+def benchmark_patterns(wildcards):
+    """{rule: benchmark path pattern} of every rule, so each benchmark file is attributed to its rule."""
+    return json.dumps({r.name: str(r.benchmark) for r in workflow.rules if r.benchmark}, sort_keys=True)

@@ -11,7 +11,9 @@ rule early_learning:
         plot=report(
             f"{ROUND_ROOT}/0/learning_curve.png",
             caption="../report/learning_curve.rst",
-            category="Learning",
+            category="3 Learning",
+            subcategory="1 Early learning",
+            labels={"result": "learning curve"},
         ),
     params:
         device=config["train"]["device"],

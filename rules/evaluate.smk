@@ -27,7 +27,13 @@ rule eval_summary:
     input:
         lambda wildcards: expand("results/eval/{stage}.parquet", stage=evaluated_stages()),
     output:
-        report("results/eval/summary.csv", caption="../report/eval_summary.rst", category="Evaluation"),
+        report(
+            "results/eval/summary.csv",
+            caption="../report/eval_summary.rst",
+            category="5 Evaluation",
+            subcategory="Dice against the ground truth",
+            labels={"result": "summary table (CSV)"},
+        ),
     log:
         "logs/eval/summary.log",
     benchmark:
@@ -40,3 +46,37 @@ rule eval_summary:
         "../envs/lungssl.yaml"
     shell:
         "lungssl eval-summary --inputs {input} --out {output} > {log} 2>&1"
+
+
+rule report_eval:
+    input:
+        tables=lambda wildcards: expand("results/eval/{stage}.parquet", stage=evaluated_stages()),
+        summary="results/eval/summary.csv",
+    output:
+        table=report(
+            "results/eval/summary.html",
+            caption="../report/eval_table.rst",
+            category="5 Evaluation",
+            subcategory="Dice against the ground truth",
+            labels={"result": "summary table"},
+        ),
+        plot=report(
+            "results/eval/dice.png",
+            caption="../report/eval_dice.rst",
+            category="5 Evaluation",
+            subcategory="Dice against the ground truth",
+            labels={"result": "per-image Dice per stage"},
+        ),
+    log:
+        "logs/eval/report.log",
+    benchmark:
+        "results/benchmarks/report_eval.tsv"
+    threads: 1
+    resources:
+        mem_mb=cohort_mem_mb(1000, 0.01),  # the per-image rows of every stage
+        runtime=5,
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl report-eval --inputs {input.tables} --summary {input.summary} --table {output.table} "
+        "--plot {output.plot} > {log} 2>&1"

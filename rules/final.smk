@@ -33,7 +33,9 @@ rule final_model:
         plot=report(
             "results/final/learning_curve.png",
             caption="../report/learning_curve.rst",
-            category="Learning",
+            category="3 Learning",
+            subcategory="3 Final model",
+            labels={"result": "learning curve"},
         ),
     params:
         device=config["train"]["device"],

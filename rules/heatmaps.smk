@@ -98,7 +98,9 @@ rule heatmap_merge:
         roc=report(
             "results/heatmaps/roc.png",
             caption="../report/heatmap_roc.rst",
-            category="Heatmaps",
+            category="6 Heatmaps",
+            subcategory="ROC of the heatmap score",
+            labels={"result": "ROC curve"},
         ),
     params:
         positive=CFG_HEAT["positive_label"],

@@ -72,3 +72,28 @@ rule manifest:
         "lungssl manifest --files {input.files} --decoded {input.decoded} "
         "--val-fraction {params.val_fraction} --seed {params.seed} --out {output.manifest} "
         "--rejected {output.rejected} --summary {output.summary} > {log} 2>&1"
+
+
+rule report_ingest:
+    input:
+        "results/ingest/summary.json",
+    output:
+        report(
+            "results/ingest/summary.html",
+            caption="../report/ingest.rst",
+            category="1 Input",
+            subcategory="Files found, accepted and rejected",
+            labels={"result": "table"},
+        ),
+    log:
+        "logs/ingest/report.log",
+    benchmark:
+        "results/benchmarks/report_ingest.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,  # a few counts
+        runtime=5,
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl report-ingest --summary {input} --out {output} > {log} 2>&1"

@@ -57,7 +57,9 @@ rule qc_weak_merge:
         plot=report(
             "results/qc/weak_hist.png",
             caption="../report/qc_hist.rst",
-            category="Quality control",
+            category="2 Quality control",
+            subcategory="Weak masks",
+            labels={"result": "QC score histogram"},
         ),
     params:
         threshold=QC_THRESHOLD,

@@ -104,8 +104,9 @@ rule train_round:
         plot=report(
             f"{ROUND_ROOT}/{{r}}/learning_curve.png",
             caption="../report/learning_curve.rst",
-            category="Learning",
-            subcategory="Self-learning rounds",
+            category="3 Learning",
+            subcategory="2 Self-learning rounds",
+            labels={"result": "learning curve, round {r}"},
         ),
     params:
         device=config["train"]["device"],

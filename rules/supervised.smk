@@ -14,7 +14,9 @@ rule supervised_model:
         plot=report(
             "results/supervised/learning_curve.png",
             caption="../report/learning_curve.rst",
-            category="Learning",
+            category="3 Learning",
+            subcategory="4 Supervised reference",
+            labels={"result": "learning curve"},
         ),
     params:
         device=config["train"]["device"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,6 +106,46 @@ def test_heatmap_stage_covers_every_image(chain_run):
         assert z["heat"].dtype == np.uint8 and len(z["ids"]) == z["heat"].shape[0]
 
 
+REPORT_SECTIONS = ("1 Input", "2 Quality control", "3 Learning", "4 Masks", "5 Evaluation", "6 Heatmaps", "7 Runtime")
+REPORT_FILES = ("results/ingest/summary.html", "results/qc/weak_hist.png", "results/report/qc_by_round.png",
+                "results/rounds/0/learning_curve.png", "results/report/pass_fraction.png",
+                "results/report/overlays_sample.png", "results/report/overlays_worst_qc.png",
+                "results/eval/summary.html", "results/eval/dice.png", "results/heatmaps/roc.png",
+                "results/report/runtimes.html", "results/report/runtimes.png")
+
+
+def test_report_figures_are_made_by_the_run(chain_run):
+    r = chain_run / "results"
+    ingest = (r / "ingest/summary.html").read_text()
+    assert "files found" in ingest and "<td>24</td>" in ingest
+    runtimes = (r / "report/runtimes.html").read_text()
+    for rule in ("decode", "weak_masks", "early_learning", "train_round", "predict_round", "final_model", "heatmap"):
+        assert f"<td>{rule}</td>" in runtimes, rule  # per-shard and per-round jobs attributed to their rule
+    assert "reference: supervised model" in (r / "eval/summary.html").read_text()
+    for png in ("report/pass_fraction.png", "report/qc_by_round.png", "report/overlays_sample.png",
+                "report/overlays_worst_qc.png", "eval/dice.png", "report/runtimes.png"):
+        assert (r / png).stat().st_size > 10_000, png
+
+
+def test_html_report_covers_every_section(chain_run, tmp_path):
+    report = tmp_path / "report.html"
+    snakemake(chain_run, "--report", str(report))
+    html = report.read_text(encoding="utf-8")
+    # self-contained: no script, style sheet or image is fetched from elsewhere
+    assert not re.findall(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=[\"']?(?:https?:)?//", html)
+    results = json.loads(re.search(r'<script id="results">\s*var results = (.*?);\s*</script>', html, re.S).group(1))
+    categories = json.loads(re.search(r'<script id="categories">\s*var categories = (.*?);\s*</script>', html,
+                                      re.S).group(1))
+    assert sorted(categories) == list(REPORT_SECTIONS)
+    for path in REPORT_FILES:
+        assert path in results, path
+        mime = "image/png" if path.endswith(".png") else "text/html"
+        assert results[path]["data_uri"].startswith(f"data:{mime};"), path  # embedded, not linked
+        assert results[path]["caption"], path
+    assert "results/rounds/1/learning_curve.png" in categories["3 Learning"]["2 Self-learning rounds"]
+    assert "Sections of this report" in html
+
+
 def test_predict_cli_heatmaps(chain_run, tmp_path):
     images = sorted((chain_run / "resources/synthetic/images").glob("*.png"))[:2]
     lungssl("predict", "--model", str(chain_run / "results/final/model.pt"), "--input", *map(str, images),
@@ -155,8 +196,11 @@ def test_a_replaced_round_model_is_refused_by_the_final_stage(chain_run, tmp_pat
 
 
 def test_deleted_round_status_is_rebuilt_and_final_still_from_round_2(chain_run):
+    final = chain_run / "results/final/model.pt"
+    trained = final.stat().st_mtime_ns
     (chain_run / "results/rounds/1/status.json").unlink()
     snakemake(chain_run)
+    assert final.stat().st_mtime_ns == trained  # the rebuilt status says the same: nothing is retrained
     payload = torch.load(chain_run / "results/final/model.pt", weights_only=True)
     assert payload["meta"]["round"] == 2
     assert json.loads((chain_run / "results/rounds/1/status.json").read_text())["round"] == 1
