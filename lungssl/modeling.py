@@ -85,7 +85,7 @@ def load_encoder_weights(model: torch.nn.Module, path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"encoder weights file not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_weights(path)
     except Exception as err:  # weights_only refuses pickled code: a clear error, nothing executed
         raise ValueError(f"{path} is not a readable weights file ({type(err).__name__})") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
@@ -103,6 +103,16 @@ def load_encoder_weights(model: torch.nn.Module, path: Path) -> None:
         raise ValueError(f"{path} matches only {len(adapted)} of {len(own)} encoder tensors: wrong encoder?")
     model.encoder.load_state_dict(adapted, strict=False)
     log.info("loaded %d encoder tensors from %s", len(adapted), path)
+
+
+def _read_weights(path: Path) -> dict:
+    """A torch checkpoint (.pth/.pt, torchvision's and timm's) or a .safetensors file (what
+    segmentation-models-pytorch downloads from its Hugging Face hub)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def save_model(path: Path | str, model: torch.nn.Module, spec: ModelSpec, meta: dict) -> None:

@@ -66,6 +66,12 @@ def test_encoder_weights_from_local_file_adapt_first_conv(tmp_path):
     assert not torch.allclose(rgb.encoder.state_dict()["conv1.weight"], model.encoder.state_dict()["conv1.weight"])
     with pytest.raises(FileNotFoundError):
         build_model(ModelSpec(encoder="resnet18", encoder_weights_path=str(tmp_path / "missing.pth")))
+    # smp's own download is a .safetensors file: read the same way
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in three.encoder.state_dict().items()}, tmp_path / "model.safetensors")
+    st = build_model(ModelSpec(encoder="resnet18", size=64, encoder_weights_path=str(tmp_path / "model.safetensors")))
+    assert torch.allclose(st.encoder.state_dict()["conv1.weight"], w3.sum(1, keepdim=True))
 
 
 # ---------------------------------------------------------------- training
