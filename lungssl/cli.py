@@ -50,8 +50,7 @@ def cmd_scan(a: argparse.Namespace) -> None:
 def cmd_decode(a: argparse.Namespace) -> None:
     from lungssl.ingest import decode_shard
 
-    files = pd.read_parquet(a.files)
-    files = files[files["shard"] == a.shard]
+    files = pd.read_parquet(a.files, filters=[("shard", "==", a.shard)])  # this shard's rows only
     table, images, mask_ids, masks = decode_shard(files, a.size)
     write_image_stack(a.images, images)
     write_mask_stack(a.masks, mask_ids, masks)

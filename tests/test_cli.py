@@ -2,7 +2,6 @@
 inputs of `lungssl predict`, progress in the logs of the workflow's long steps."""
 from __future__ import annotations
 
-
 import json
 import logging
 import os
