@@ -336,7 +336,7 @@ def _gather_atlases(paths: list[str], picks: list[tuple[int, int]]) -> np.ndarra
 def cmd_heatmap(a: argparse.Namespace) -> None:
     from lungssl.heatmaps import SCORE_COLUMNS, NormalModel, draw_heat_overlay, heatmap_with_scores, quantise
     from lungssl.progress import Progress
-    from lungssl.storage import write_npz, write_png
+    from lungssl.storage import write_heat_stack, write_png
 
     p = _heat_params(a)
     model = NormalModel.load(a.model)
@@ -351,9 +351,7 @@ def cmd_heatmap(a: argparse.Namespace) -> None:
             rows.append({"image_id": image_id, **scores})
             write_png(overlays / f"{image_id}.png", draw_heat_overlay(np.asarray(im), z, p.flag_z))
             progress.update()
-    n = images.shape[1] if len(images) else 0
-    write_npz(a.out, ids=np.asarray(ids, dtype=str),
-              heat=np.stack(heats) if heats else np.zeros((0, n, n), np.uint8))
+    write_heat_stack(a.out, ids, heats, side=images.shape[1] if len(images) else 0)
     write_parquet(pd.DataFrame(rows, columns=["image_id", *SCORE_COLUMNS]), a.scores)
     log.info("heatmaps of %d images", len(ids))
 

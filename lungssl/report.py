@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from lungssl.storage import read_image_stack, read_mask_stack
+from lungssl.storage import read_heat_stack, read_image_stack, read_mask_stack
 
 # ---------------------------------------------------------------- HTML tables
 
@@ -159,7 +159,7 @@ def gather_panels(picked: pd.DataFrame, images: dict[str, Path], weak: dict[str,
     for shard, rows in picked.groupby("shard", sort=True):
         stack = read_image_stack(images[shard])
         masks = {name: _by_id(*read_mask_stack(paths[shard])) for name, paths in (("weak", weak), ("final", final))}
-        heats = _by_id(*_read_heat(heat[shard])) if heat else {}
+        heats = _by_id(*read_heat_stack(heat[shard])) if heat else {}
         for rec in rows.itertuples(index=False):
             out[rec.image_id] = {"image_id": rec.image_id, "split": rec.split, "qc_score": rec.qc_score,
                                  "qc_pass": rec.qc_pass, "image": np.asarray(stack[int(rec.row)]),
@@ -170,11 +170,6 @@ def gather_panels(picked: pd.DataFrame, images: dict[str, Path], weak: dict[str,
 
 def _by_id(ids: list[str], arrays: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(ids, arrays))
-
-
-def _read_heat(path: Path) -> tuple[list[str], np.ndarray]:
-    with np.load(path) as z:
-        return [str(i) for i in z["ids"]], z["heat"]
 
 
 # ---------------------------------------------------------------- runtimes

@@ -133,6 +133,17 @@ def read_mask_stack(path: Path | str) -> tuple[list[str], np.ndarray]:
         return [str(i) for i in data["ids"]], masks
 
 
+def write_heat_stack(path: Path | str, ids: list[str], heats: list[np.ndarray], side: int) -> None:
+    """Quantised heatmaps (uint8, see heatmaps.quantise) of one shard with their image ids."""
+    write_npz(path, ids=np.asarray(ids, dtype=str),
+              heat=np.stack(heats) if heats else np.zeros((0, side, side), np.uint8))
+
+
+def read_heat_stack(path: Path | str) -> tuple[list[str], np.ndarray]:
+    with np.load(path) as data:
+        return [str(i) for i in data["ids"]], data["heat"]
+
+
 def mask_stack_size(path: Path | str) -> int:
     """Number of masks in a stack, read from its header only (no unpacking)."""
     with np.load(path) as data:
