@@ -199,9 +199,9 @@ def cmd_train(a: argparse.Namespace) -> None:
     stacks = {Path(p).stem: Path(p) for p in a.images}
     qc = pd.read_parquet(a.qc) if a.qc else None
     targets = [Path(p) for p in a.targets]
-    sets = collect_targets(manifest, stacks, targets, ("train", "val"), spec.size, qc, passed_only=True)
+    sets = collect_targets(manifest, stacks, targets, ("train", "val"), spec.size, qc, params.min_qc)
     train, val = sets["train"], sets["val"]
-    check_trainable(a.stage, train, manifest, qc)
+    check_trainable(a.stage, train, manifest, qc, params.min_qc)
     log.info("%s: %d training and %d validation targets", a.stage, len(train.table), len(val.table))
     metrics = train_model(train, val, spec, params, Path(a.out), Path(a.state),
                           Path(a.init) if a.init else None, a.threads, meta, device=a.device)
@@ -684,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--images", nargs="+", required=True, help="image stacks, one per shard")
     p.add_argument("--targets", nargs="+", help="mask stacks holding the targets")
-    p.add_argument("--qc", help="QC table: only QC-passed targets are used (score = optional loss weight)")
+    p.add_argument("--qc", help="QC table: targets need a QC score >= the params' train.min_qc, or to pass QC when it is null (score = optional loss weight)")
     p.add_argument("--params", required=True, help="JSON {model: {...}, train: {...}}")
     p.add_argument("--init", help="start from this model's weights")
     p.add_argument("--stage", default="train")

@@ -37,6 +37,7 @@ class TrainParams:
     lr: float = 1e-4
     bce_weight: float = 0.0        # 0: Dice loss alone; >0 adds BCE
     qc_weight: bool = False        # weight each image's loss by its QC score
+    min_qc: float | None = 0.0     # QC score a mask needs to be a training target; None: it must pass QC
     hflip: bool = False
     shift: float = 0.05
     scale: float = 0.1
@@ -66,21 +67,23 @@ class TrainingSet:
 
 def collect_targets(manifest: pd.DataFrame, image_stacks: dict[str, Path], mask_files: list[Path],
                     splits: tuple[str, ...], size: int, qc: pd.DataFrame | None = None,
-                    passed_only: bool = True) -> dict[str, TrainingSet]:
-    """Targets per split: masks from mask_files, kept only where QC passed (if a QC table is given).
-    The mask files are read once for all splits."""
+                    min_qc: float | None = None) -> dict[str, TrainingSet]:
+    """Targets per split: the non-empty masks of mask_files; with a QC table, only those whose QC
+    score is at least `min_qc` (None: those that pass QC). The mask files are read once for all splits.
+
+    An empty mask is never a target: it says the method found no lungs, not that there are none."""
     rows = manifest[manifest["split"].isin(splits)][["image_id", "shard", "row", "split"]].copy()
     rows["weight"] = 1.0
     if qc is not None:
         rows = rows.merge(qc[["image_id", "qc_score", "qc_pass"]], on="image_id", how="inner")
-        if passed_only:
-            rows = rows[rows["qc_pass"].astype(bool)]
+        keep = rows["qc_pass"].astype(bool) if min_qc is None else rows["qc_score"].astype(float) >= min_qc
+        rows = rows[keep]
         rows["weight"] = rows["qc_score"].astype(float)
     wanted = set(rows["image_id"])
     packed = {}
     for path in mask_files:
         ids, masks = read_mask_stack(path)
-        packed.update({iid: np.packbits(m) for iid, m in zip(ids, masks) if iid in wanted})
+        packed.update({iid: np.packbits(m) for iid, m in zip(ids, masks) if iid in wanted and m.any()})
     rows = rows[rows["image_id"].isin(packed)].sort_values("image_id")
     sets = {}
     for split in splits:
@@ -293,30 +296,38 @@ def _state_key(spec: ModelSpec, p: TrainParams, train: TrainingSet, init: Path |
     return h.hexdigest()[:16]
 
 
-def check_trainable(stage: str, train: TrainingSet, manifest: pd.DataFrame, qc: pd.DataFrame | None) -> None:
+def check_trainable(stage: str, train: TrainingSet, manifest: pd.DataFrame, qc: pd.DataFrame | None,
+                    min_qc: float | None = None) -> None:
     """Refuse, with the cause and the knob to turn, a stage left without a single training target."""
     if len(train.table):
         return
     train_ids = manifest.loc[manifest["split"] == "train", "image_id"]
     scored = qc[qc["image_id"].isin(train_ids)] if qc is not None else pd.DataFrame({"qc_pass": []})
-    raise ValueError(empty_training_message(stage, len(train_ids), len(scored), int(scored["qc_pass"].sum())))
+    raise ValueError(empty_training_message(stage, len(train_ids), len(scored), int(scored["qc_pass"].sum()),
+                                            min_qc))
 
 
-def empty_training_message(stage: str, n_split: int, n_scored: int, n_passed: int) -> str:
+def empty_training_message(stage: str, n_split: int, n_scored: int, n_passed: int,
+                           min_qc: float | None = None) -> str:
     """Why a stage has nothing to train on, and which knob to turn."""
-    if n_scored:
-        what = (f"{stage}: nothing to train on: {n_passed} of the {n_scored} target masks of the {n_split} "
-                "training-split images passed QC, so no model is written")
-    else:
+    if not n_scored:
         what = f"{stage}: nothing to train on: none of the {n_split} training-split images has a target mask, " \
                "so no model is written"
+    elif min_qc is None:
+        what = (f"{stage}: nothing to train on: {n_passed} of the {n_scored} target masks of the {n_split} "
+                "training-split images passed QC (train.min_qc: null), so no model is written")
+    else:
+        what = (f"{stage}: nothing to train on: none of the {n_scored} target masks of the {n_split} "
+                f"training-split images is non-empty with a QC score >= train.min_qc ({min_qc}), "
+                "so no model is written")
+    knob = "lower qc.cohort_threshold (qc.threshold for qc.method: shape)" if min_qc is None else \
+        "lower train.min_qc"
     if stage == "early_learning":
-        return (f"{what}. The weak masks all failed QC: see results/qc/weak_summary.json and "
-                "results/qc/weak_hist.png, then lower qc.cohort_threshold (qc.threshold for qc.method: shape) "
+        return (f"{what}. See results/qc/weak_summary.json and results/qc/weak_hist.png, then {knob} "
                 "or adjust the weak_masks.* parameters")
     if stage == "supervised":
         return f"{what}. Without ground-truth masks set supervised.enabled: false"
-    return f"{what}. Lower qc.cohort_threshold or check the model of the previous stage"
+    return f"{what}. {knob[0].upper()}{knob[1:]} or check the model of the previous stage"
 
 
 def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p: TrainParams,

@@ -12,7 +12,7 @@ import torch
 from lungssl import early_stop, self_learning
 from lungssl.inference import clean_mask, predict_folder, predict_probs, to_mask
 from lungssl.modeling import ModelSpec, build_model, load_model, read_model_file, save_model
-from lungssl.storage import write_image_stack, write_mask_stack
+from lungssl.storage import read_mask_stack, write_image_stack, write_mask_stack
 from lungssl.training import TrainParams, collect_targets, soft_dice_loss, train_model
 from tests.conftest import toy_radiograph, write_png
 
@@ -92,6 +92,21 @@ def test_collect_targets_keeps_only_qc_passed_of_the_split(tmp_path):
     train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
     assert "img1" not in set(train.table["image_id"]) and len(train.table) == 8
     assert set(train.table["image_id"]).isdisjoint(manifest.loc[manifest.split == "val", "image_id"])
+
+
+def test_collect_targets_with_min_qc_keeps_every_non_empty_mask_scored_high_enough(tmp_path):
+    """min_qc replaces the pass/fail decision; an empty mask is never a target (no lungs found)."""
+    manifest, stacks, targets, qc = _toy_set(tmp_path)
+    qc["qc_score"] = [0.1 if i == 2 else 0.6 for i in range(12)]  # img1 fails QC, img2 scores low
+    ids, masks = read_mask_stack(targets[0])
+    masks[3] = False  # img3: the method found no lungs
+    write_mask_stack(targets[0], ids, masks)
+    kept = lambda min_qc: set(collect_targets(manifest, stacks, targets, ("train",), 64, qc, min_qc)["train"]
+                              .table["image_id"])
+    train_ids = set(manifest.loc[manifest.split == "train", "image_id"])
+    assert kept(0.0) == train_ids - {"img3"}
+    assert kept(0.5) == train_ids - {"img2", "img3"}
+    assert kept(None) == train_ids - {"img1", "img3"}
 
 
 def test_soft_dice_loss_is_zero_for_perfect_prediction():
