@@ -149,6 +149,31 @@ def cmd_qc_merge(a: argparse.Namespace) -> None:
     log.info("QC merged: %s", json.dumps(summary))
 
 
+def cmd_mask_agreement(a: argparse.Namespace) -> None:
+    from lungssl.qc import model_agreement
+
+    ids, masks = read_mask_stack(a.masks)
+    ref_ids, refs = read_mask_stack(a.reference)
+    table = model_agreement(ids, masks, ref_ids, refs, a.threshold)
+    write_parquet(table, a.out)
+    log.info("agreement with the reference: median Dice %.3f, %d of %d masks >= %.2f",
+             table["qc_score"].median(), int(table["qc_pass"].sum()), len(table), a.threshold)
+
+
+def cmd_qc_quality(a: argparse.Namespace) -> None:
+    from lungssl.evaluation import GOOD_DICE, qc_quality
+
+    rows = []
+    for label, eval_path, qc_path in a.score:
+        truth = pd.read_parquet(eval_path, columns=["image_id", "dice"])
+        qc = pd.read_parquet(qc_path, columns=["image_id", "qc_score", "qc_pass"])
+        rows.append({"qc": label, **qc_quality(truth.merge(qc, on="image_id", how="inner")), "good_dice": GOOD_DICE})
+    table = pd.DataFrame(rows)
+    with atomic_path(a.out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    log.info("QC against the true Dice:\n%s", table.to_string(index=False))
+
+
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from lungssl.evaluation import evaluate_masks
 
@@ -656,6 +681,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--summary", required=True)
     p.add_argument("--plot", required=True)
+
+    p = _add(sub, "mask-agreement", cmd_mask_agreement,
+             "a second QC of one shard's weak masks: their Dice with the early-learning model's predictions",
+             ["lungssl mask-agreement --masks results/weak/0000.npz --reference results/rounds/1/pseudo/0000.npz \\",
+              "    --threshold 0.9 --out results/qc/agreement/0000.parquet"], rules="weak_agreement")
+    p.add_argument("--masks", required=True, help="the masks to judge (a shard's weak masks)")
+    p.add_argument("--reference", required=True, help="the model's masks for the same images")
+    p.add_argument("--threshold", type=float, required=True, help="Dice at which a mask passes")
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "qc-quality", cmd_qc_quality,
+             "how well each QC score knows the true Dice: Spearman, precision and recall (measuring only)",
+             ["lungssl qc-quality --score 'weak masks: shape + stability' results/eval/weak.parquet "
+              "results/qc/weak.parquet \\", "    --out results/eval/qc_quality.csv"], rules="qc_quality")
+    p.add_argument("--score", nargs=3, action="append", required=True, metavar=("LABEL", "EVAL", "QC"),
+                   help="a label, an evaluation table (true Dice) and a QC table of the same masks; repeatable")
+    p.add_argument("--out", required=True)
 
     p = _add(sub, "evaluate", cmd_evaluate, "per-image Dice/IoU/HD95 of masks against ground truth (measuring only)",
              ["lungssl evaluate --pred results/weak/*.npz --gt results/gt/*.npz --manifest results/manifest.parquet \\",

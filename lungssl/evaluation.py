@@ -68,3 +68,18 @@ def summary_rows(tables: list[pd.DataFrame]) -> pd.DataFrame:
             if "qc_pass" in part:
                 rows.append(summary_row(part[part["qc_pass"].fillna(False).astype(bool)], f"{stage}_qc_pass", split))
     return pd.DataFrame(rows)
+
+
+GOOD_DICE = 0.85  # a mask at least this close to the manual one counts as good for training
+
+
+def qc_quality(table: pd.DataFrame, good: float = GOOD_DICE) -> dict:
+    """How well a QC score knows the true quality of its masks: Spearman correlation of qc_score with
+    the true Dice, and, taking Dice >= `good` as positive, the precision and recall of qc_pass."""
+    t = table.dropna(subset=["dice", "qc_score"])
+    positive, passed = t["dice"].to_numpy() >= good, t["qc_pass"].astype(bool).to_numpy()
+    return {"n": int(len(t)),
+            "spearman": float(t["qc_score"].corr(t["dice"], method="spearman")) if len(t) > 1 else np.nan,
+            "pass_rate": float(passed.mean()) if len(t) else np.nan,
+            "precision": float(positive[passed].mean()) if passed.any() else np.nan,
+            "recall": float(passed[positive].mean()) if positive.any() else np.nan}

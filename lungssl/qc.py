@@ -145,6 +145,24 @@ def qc_table(ids: list[str], masks: np.ndarray, params: QCParams, prior: "ShapeP
     return pd.DataFrame(rows, columns=[*columns, "qc_score", "qc_pass"])
 
 
+def model_agreement(ids: list[str], masks: np.ndarray, ref_ids: list[str], refs: np.ndarray,
+                    threshold: float) -> pd.DataFrame:
+    """A second QC of the weak masks, once the early-learning model exists: each mask's Dice with the
+    model's prediction for the same image (`refs`), and pass where it is >= `threshold`.
+
+    The model has learnt what the cohort's weak masks agree on and stopped before memorising the
+    rest, so where a weak mask parts from the model, the weak mask is the likely culprit. Masks
+    without a prediction get NaN and do not pass. Columns as a QC table's: qc_score, qc_pass."""
+    from lungssl.evaluation import dice
+
+    index = {iid: i for i, iid in enumerate(ref_ids)}
+    scores = [dice(np.asarray(m, bool), np.asarray(refs[index[iid]], bool)) if iid in index else float("nan")
+              for iid, m in zip(ids, masks)]
+    table = pd.DataFrame({"image_id": list(ids), "qc_score": np.asarray(scores, dtype=float)})
+    table["qc_pass"] = table["qc_score"] >= threshold  # NaN compares False
+    return table
+
+
 def agreement_for(ids: list[str], stats: pd.DataFrame, column: str) -> np.ndarray:
     """The `column` of a per-image stats table, in the order of `ids` (NaN for ids it lacks)."""
     if column not in stats.columns:

@@ -37,7 +37,7 @@ class TrainParams:
     lr: float = 1e-4
     bce_weight: float = 0.0        # 0: Dice loss alone; >0 adds BCE
     qc_weight: bool = False        # weight each image's loss by its QC score
-    min_qc: float | None = 0.0     # QC score a mask needs to be a training target; None: it must pass QC
+    min_qc: float | None = None    # QC score a mask needs to be a training target; None: it must pass QC
     hflip: bool = False
     shift: float = 0.05
     scale: float = 0.1

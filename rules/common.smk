@@ -2,6 +2,7 @@ import difflib
 import json
 import math
 import os
+import shlex
 from functools import lru_cache
 from pathlib import Path
 
@@ -117,6 +118,8 @@ CUDA_HOST_MB = 4000  # host memory of a CUDA process (training peak RSS 6.8 GB o
 localrules:
     manifest,
     qc_weak_merge,
+    weak_agreement_merge,
+    qc_quality,
     round_status,
     round_chain,
     eval_summary,
@@ -291,13 +294,36 @@ def eval_predictions(wildcards):
             "gt": expand("results/gt/{shard}.npz", shard=shards()), "manifest": "results/manifest.parquet"}
 
 
+def qc_scores():
+    """label in results/eval/qc_quality.csv -> (evaluation table, QC table) of the same masks."""
+    scores = {
+        "weak masks: shape + stability (qc/weak)": ("results/eval/weak.parquet", "results/qc/weak.parquet"),
+        "weak masks: Dice with the early-learning model (qc/weak_agreement)":
+            ("results/eval/weak.parquet", "results/qc/weak_agreement.parquet"),
+    }
+    for r in range(1, final_round() + 1):
+        scores[f"round {r} pseudo-masks: shape + TTA (rounds/{r}/qc)"] = (f"results/eval/round_{r}.parquet",
+                                                                         f"{ROUND_ROOT}/{r}/qc.parquet")
+    return scores
+
+
+def qc_quality_inputs(wildcards):
+    return {f"{kind}_{i}": path for i, pair in enumerate(qc_scores().values())
+            for kind, path in zip(("eval", "qc"), pair)}
+
+
+def qc_quality_args(wildcards, input):
+    return " ".join(f"--score {shlex.quote(label)} {input[f'eval_{i}']} {input[f'qc_{i}']}"
+                    for i, label in enumerate(qc_scores()))
+
+
 def final_targets(wildcards):
     # Naming every round's status here makes a deleted status file a missing target that is
     # rebuilt, instead of a hole the final stage might silently step over.
     statuses = [f"{ROUND_ROOT}/{r}/status.json" for r in range(1, final_round() + 1)]
-    targets = ["results/final/model.pt", *statuses]
+    targets = ["results/final/model.pt", *statuses, "results/qc/weak_agreement.parquet"]
     if has_ground_truth():
-        targets.append("results/eval/summary.csv")
+        targets += ["results/eval/summary.csv", "results/eval/qc_quality.csv"]
     if config["heatmaps"]["enabled"]:
         targets.append("results/heatmaps/scores.parquet")
     return targets

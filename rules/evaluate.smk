@@ -80,3 +80,30 @@ rule report_eval:
     shell:
         "lungssl report-eval --inputs {input.tables} --summary {input.summary} --table {output.table} "
         "--plot {output.plot} > {log} 2>&1"
+
+
+rule qc_quality:
+    input:
+        unpack(qc_quality_inputs),
+    output:
+        report(
+            "results/eval/qc_quality.csv",
+            caption="../report/qc_quality.rst",
+            category="5 Evaluation",
+            subcategory="Quality control against the ground truth",
+            labels={"result": "QC precision and recall (CSV)"},
+        ),
+    params:
+        scores=qc_quality_args,
+    log:
+        "logs/eval/qc_quality.log",
+    benchmark:
+        "results/benchmarks/eval_qc_quality.tsv"
+    threads: 1
+    resources:
+        mem_mb=cohort_mem_mb(1000, 0.01),
+        runtime=5,
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl qc-quality {params.scores} --out {output} > {log} 2>&1"

@@ -76,3 +76,60 @@ rule qc_weak_merge:
     shell:
         "lungssl qc-merge --inputs {input} --threshold {params.threshold} --title 'Weak masks' "
         "--out {output.table} --summary {output.summary} --plot {output.plot} > {log} 2>&1"
+
+
+# A second QC of the weak masks, once the early-learning model exists: where a weak mask parts from
+# that model's prediction (round 1's pseudo-mask of the same image), the weak mask is the likely culprit.
+rule weak_agreement:
+    input:
+        masks="results/weak/{shard}.npz",
+        reference=f"{ROUND_ROOT}/1/pseudo/{{shard}}.npz",
+        code=PKG / "qc.py",
+    output:
+        "results/qc/agreement/{shard}.parquet",
+    params:
+        threshold=CFG_QC["model_agreement_threshold"],
+    log:
+        "logs/qc/agreement/{shard}.log",
+    benchmark:
+        "results/benchmarks/qc/agreement/{shard}.tsv"
+    threads: 1
+    resources:
+        mem_mb=shard_mem_mb(800, 0.3),
+        runtime=shard_runtime(5, 0.02),
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl mask-agreement --masks {input.masks} --reference {input.reference} "
+        "--threshold {params.threshold} --out {output} > {log} 2>&1"
+
+
+rule weak_agreement_merge:
+    input:
+        per_shard("results/qc/agreement/{shard}.parquet"),
+    output:
+        table="results/qc/weak_agreement.parquet",
+        summary="results/qc/weak_agreement_summary.json",
+        plot=report(
+            "results/qc/weak_agreement_hist.png",
+            caption="../report/qc_agreement_hist.rst",
+            category="2 Quality control",
+            subcategory="Weak masks",
+            labels={"result": "agreement with the early-learning model"},
+        ),
+    params:
+        threshold=CFG_QC["model_agreement_threshold"],
+    log:
+        "logs/qc/agreement_merge.log",
+    benchmark:
+        "results/benchmarks/qc_agreement_merge.tsv"
+    threads: 1
+    resources:
+        mem_mb=cohort_mem_mb(1500, 0.01),
+        runtime=cohort_runtime(5, 0.01),
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl qc-merge --inputs {input} --threshold {params.threshold} "
+        "--title 'Weak masks: Dice with the early-learning model' "
+        "--out {output.table} --summary {output.summary} --plot {output.plot} > {log} 2>&1"

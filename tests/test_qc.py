@@ -209,3 +209,27 @@ def test_cli_qc_reads_stats(cohort, toy, tmp_path):
     assert pd.read_parquet(tmp_path / "t.parquet")["f_stability"].tolist() == [0.2, 1.0]
     assert main([*common, "--out", str(tmp_path / "s.parquet")]) in (0, None)
     assert "f_stability" not in pd.read_parquet(tmp_path / "s.parquet").columns
+
+
+def test_model_agreement_is_dice_with_the_models_mask_of_the_same_image(toy):
+    shifted = np.roll(toy, 6, axis=1)
+    ids, masks = ["a", "b", "c"], np.stack([toy, shifted, toy])
+    ref_ids, refs = ["b", "a"], np.stack([toy, toy])  # "c" has no prediction
+    t = qc.model_agreement(ids, masks, ref_ids, refs, threshold=0.9)
+    assert list(t["image_id"]) == ids and list(t.columns) == ["image_id", "qc_score", "qc_pass"]
+    assert t["qc_score"][0] == 1.0 and 0 < t["qc_score"][1] < 1.0 and np.isnan(t["qc_score"][2])
+    assert list(t["qc_pass"]) == [True, t["qc_score"][1] >= 0.9, False]
+
+
+def test_qc_quality_counts_precision_recall_and_rank_correlation():
+    import pandas as pd
+
+    from lungssl.evaluation import qc_quality
+
+    t = pd.DataFrame({"dice": [0.95, 0.9, 0.8, 0.5, 0.92, np.nan],
+                      "qc_score": [0.9, 0.8, 0.7, 0.1, 0.6, 0.5],
+                      "qc_pass": [True, True, True, False, False, True]})
+    q = qc_quality(t, good=0.85)
+    assert q["n"] == 5 and q["pass_rate"] == 0.6
+    assert q["precision"] == pytest.approx(2 / 3) and q["recall"] == pytest.approx(2 / 3)
+    assert q["spearman"] == pytest.approx(0.7)

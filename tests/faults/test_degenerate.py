@@ -63,10 +63,9 @@ def test_one_patient_trains_without_validation_and_says_so(one_patient):
 def test_fewer_images_than_a_batch_still_train(one_patient):
     """5 images, batch 32, a 32 px model: before batches() a last batch of one crashed BatchNorm."""
     model = torch.load(one_patient / EARLY_MODEL, weights_only=True)
-    qc = pd.read_parquet(one_patient / "results/qc/weak.parquet")
-    n_kept = int((qc["f_area_top2"] > 0).sum())  # train.min_qc 0: every non-empty mask, passed or not
-    assert 0 < model["meta"]["n_train"] == n_kept < 32
-    assert f"{n_kept} training and 0 validation targets" in _log(one_patient, "early_learning.log")
+    n_passed = int(pd.read_parquet(one_patient / "results/qc/weak.parquet")["qc_pass"].sum())
+    assert 0 < model["meta"]["n_train"] == n_passed < 32
+    assert f"{n_passed} training and 0 validation targets" in _log(one_patient, "early_learning.log")
 
 
 def test_no_weak_mask_passing_qc_fails_naming_the_cause_and_the_knob(one_patient):
