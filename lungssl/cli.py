@@ -726,7 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--images", nargs="+", required=True, help="image stacks, one per shard")
     p.add_argument("--targets", nargs="+", help="mask stacks holding the targets")
-    p.add_argument("--qc", help="QC table: targets need a QC score >= the params' train.min_qc, or to pass QC when it is null (score = optional loss weight)")
+    p.add_argument("--qc", help="QC table: targets must pass QC, or with train.min_qc set in --params have a QC "
+                   "score >= it (score = optional loss weight)")
     p.add_argument("--params", required=True, help="JSON {model: {...}, train: {...}}")
     p.add_argument("--init", help="start from this model's weights")
     p.add_argument("--stage", default="train")
