@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.filters import sobel
 from skimage.segmentation import clear_border, watershed
 
 REFERENCE_SIDE = 256
@@ -35,6 +36,10 @@ class WeakMaskParams:
     min_object_fraction: float = 0.005
     keep_largest: int = 2
     # --- "pair" method (sizes in px at a 256 px side, everything else fractions) ---
+    # CLAHE clips tried in order; the first that gives a plausible lung pair is kept. Gentle
+    # equalisation leaves the heart and diaphragm brighter than lung (strong local equalisation
+    # darkens them into the lung's grey range); the stronger clip rescues flat, low-contrast films.
+    pair_clahe_clips: tuple[float, ...] = (0.5, 2.0)
     pair_percentiles: tuple[float, ...] = (10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60)  # of the central film
     pair_padding_tolerance: int = 8  # grey-level range below which an edge row/column is padding
     pair_midline_search: float = 0.2  # midline searched within +-this fraction of the film width
@@ -175,6 +180,7 @@ def baseline_mask(image: np.ndarray, params: WeakMaskParams = WeakMaskParams()) 
 # -> refine_watershed -> smooth_lungs.
 
 _LEFT, _RIGHT = 1, 2  # labels in image coordinates: 1 = left half of the image, 2 = right half
+_BACKGROUND = 3  # watershed marker of the sure background
 
 
 @dataclass(frozen=True)
@@ -195,10 +201,10 @@ class Candidate:
         return self.area / max(1, self.width * self.height)
 
 
-def normalise(image: np.ndarray, params: WeakMaskParams) -> np.ndarray:
+def normalise(image: np.ndarray, params: WeakMaskParams, clip: float) -> np.ndarray:
     # CLAHE evens out exposure between devices; the blur removes noise and fine lung texture
     # so that a threshold gives solid lung components rather than speckle.
-    return blur(equalize(image, params.clahe_clip, params.clahe_tiles), params.blur_px)
+    return blur(equalize(image, clip, params.clahe_tiles), params.blur_px)
 
 
 def find_film(image: np.ndarray, tolerance: int = 8) -> tuple[int, int, int, int]:
@@ -323,8 +329,9 @@ def best_pair(x: np.ndarray, film: tuple[int, int, int, int], midline: int, para
 def refine_watershed(x: np.ndarray, lungs: np.ndarray, erode_px: int, dilate_px: int) -> np.ndarray:
     """Snap a rough lung label image to the nearest strong edges with a marker-based watershed."""
     # Markers: the eroded lungs are surely lung, far outside the dilated lungs is surely not;
-    # the band between goes to whichever marker it reaches across the weakest edges. OpenCV's
-    # watershed floods by the grey-level step between neighbours, i.e. on the gradient image.
+    # the band between goes to whichever marker it reaches first when flooding the gradient
+    # magnitude, so the two floods meet on the edge's ridge - its centre, not its dark foot
+    # (flooding the grey levels themselves left the boundary 1-2 px inside the lung).
     if not lungs.any():
         return lungs
     side = x.shape[0]
@@ -334,11 +341,9 @@ def refine_watershed(x: np.ndarray, lungs: np.ndarray, erode_px: int, dilate_px:
         m = (lungs == lab).astype(np.uint8)
         core = cv2.erode(m, er)
         markers[(core if core.any() else m) > 0] = lab
-    markers[cv2.dilate((lungs > 0).astype(np.uint8), di) == 0] = 3
-    cv2.watershed(cv2.cvtColor(x, cv2.COLOR_GRAY2BGR), markers)
-    out = np.where((markers == _LEFT) | (markers == _RIGHT), markers, 0)
-    # The one-pixel watershed lines (-1) on each lung outline go back to the lung via a 3x3 closing.
-    return cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)).astype(np.int8)
+    markers[cv2.dilate((lungs > 0).astype(np.uint8), di) == 0] = _BACKGROUND
+    out = watershed(sobel(x.astype(np.float32) / 255.0), markers)
+    return np.where(out == _BACKGROUND, 0, out).astype(np.int8)
 
 
 def smooth_lungs(lungs: np.ndarray, px: int) -> np.ndarray:
@@ -361,10 +366,12 @@ def smooth_lungs(lungs: np.ndarray, px: int) -> np.ndarray:
 def _pair_stages(image: np.ndarray, params: WeakMaskParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(normalised image, rough pair from the sweep, final label image) of the "pair" method."""
     _check_image(image)
-    x = normalise(image, params)
     film = find_film(image, params.pair_padding_tolerance)
-    midline = find_midline(x, film, params.pair_midline_search)
-    rough = best_pair(x, film, midline, params)
+    for clip in params.pair_clahe_clips:
+        x = normalise(image, params, clip)
+        rough = best_pair(x, film, find_midline(x, film, params.pair_midline_search), params)
+        if rough.any():
+            break
     lungs = refine_watershed(x, rough, params.pair_marker_erode_px, params.pair_marker_dilate_px)
     return x, rough, smooth_lungs(lungs, params.pair_smooth_px)
 
@@ -401,7 +408,8 @@ def _contrast_rerun(image: np.ndarray, x: np.ndarray, rough: np.ndarray, params:
     h, w = image.shape
     k = max(1, int(params.stability_downscale))
     small = cv2.resize(image, (max(8, w // k), max(8, h // k)), interpolation=cv2.INTER_AREA)
-    alt = weak_lungs(small, replace(params, clahe_clip=params.clahe_clip * params.stability_contrast_scale))
+    clips = tuple(c * params.stability_contrast_scale for c in params.pair_clahe_clips)
+    alt = weak_lungs(small, replace(params, pair_clahe_clips=clips))
     return cv2.resize((alt > 0).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
 
 

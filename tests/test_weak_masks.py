@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -159,7 +161,7 @@ def test_side_candidates_reject_far_lateral_component():
 
 def test_best_pair_labels_both_lungs(toy):
     image, truth = toy
-    x = wm.normalise(image, PAIR)
+    x = wm.normalise(image, PAIR, PAIR.pair_clahe_clips[0])
     lungs = wm.best_pair(x, (0, 256, 0, 256), wm.find_midline(x, (0, 256, 0, 256)), PAIR)
     assert (lungs == 1).any() and (lungs == 2).any()
     assert dice(lungs > 0, truth) > 0.6
@@ -169,7 +171,7 @@ def test_refine_watershed_keeps_mask_near_markers(toy):
     import cv2
 
     image, truth = toy
-    x = wm.normalise(image, PAIR)
+    x = wm.normalise(image, PAIR, PAIR.pair_clahe_clips[0])
     rough = cv2.erode(truth.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(np.int8)
     rough[:, 128:] *= 2  # right lung gets label 2
     out = wm.refine_watershed(x, rough, 4, 14)
@@ -178,6 +180,53 @@ def test_refine_watershed_keeps_mask_near_markers(toy):
     assert not (out > 0)[~near].any()  # nothing beyond the dilated markers
     assert (out[rough == 1] == 1).mean() > 0.95 and (out[rough == 2] == 2).mean() > 0.95
     assert not wm.refine_watershed(x, np.zeros_like(rough), 4, 14).any()
+
+
+def test_refine_watershed_puts_boundary_on_edge_centre():
+    import cv2
+
+    # A dark lung with a soft (blurred) edge: the boundary belongs at the middle of the ramp,
+    # where the gradient peaks, not at its dark foot.
+    x = np.full((256, 256), 200, np.uint8)
+    x[60:200, 60:120] = 50
+    x[60:200, 140:200] = 50
+    x = cv2.GaussianBlur(x, (0, 0), 4)
+    truth = np.zeros((256, 256), np.int8)
+    truth[60:200, 60:120] = 1
+    truth[60:200, 140:200] = 2
+    rough = cv2.erode(truth.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(np.int8)
+    out = wm.refine_watershed(x, rough, 4, 14)
+    cols = np.flatnonzero((out == 1).any(axis=0))
+    rows = np.flatnonzero((out == 1).any(axis=1))
+    assert abs(cols[0] - 60) <= 1 and abs(cols[-1] - 119) <= 1
+    assert abs(rows[0] - 60) <= 1 and abs(rows[-1] - 199) <= 1
+    assert dice(out > 0, truth > 0) > 0.98
+
+
+def test_pair_method_falls_back_to_next_clahe_clip(toy, monkeypatch):
+    image, truth = toy
+    clips = []
+    real_normalise, real_best_pair = wm.normalise, wm.best_pair
+
+    def normalise(image, params, clip):
+        clips.append(clip)
+        return real_normalise(image, params, clip)
+
+    def best_pair(x, film, midline, params):
+        # the first (gentle) clip finds no plausible pair; the next one must be tried
+        return np.zeros(x.shape, np.int8) if len(clips) == 1 else real_best_pair(x, film, midline, params)
+
+    monkeypatch.setattr(wm, "normalise", normalise)
+    monkeypatch.setattr(wm, "best_pair", best_pair)
+    mask = wm.weak_lungs(image, replace(PAIR, pair_clahe_clips=(0.5, 2.0), stability=()))
+    assert clips == [0.5, 2.0]
+    assert dice(mask > 0, truth) > 0.6
+
+
+def test_pair_method_keeps_first_clip_with_a_pair(toy):
+    image, _ = toy
+    first = wm.weak_lungs(image, replace(PAIR, pair_clahe_clips=(0.5,)))
+    assert (wm.weak_lungs(image, replace(PAIR, pair_clahe_clips=(0.5, 2.0))) == first).all()
 
 
 def test_smooth_lungs_fills_holes_and_drops_specks():
@@ -223,7 +272,8 @@ def test_stability_is_high_for_clean_lungs_and_mask_unchanged(toy):
 def test_stability_is_low_for_ambiguous_edges(toy):
     import cv2
 
-    image = cv2.GaussianBlur(toy[0], (0, 0), 15)  # lung boundaries become long ramps: no edge to snap to
+    # Ramps about as wide as a lung: the gradient has no clear ridge for the watershed to snap to.
+    image = cv2.GaussianBlur(toy[0], (0, 0), 25)
     _, stability = wm.pair_mask_with_stability(image)
     assert stability < 0.85 < wm.pair_mask_with_stability(toy[0])[1]
 
