@@ -203,6 +203,23 @@ def test_refine_watershed_puts_boundary_on_edge_centre():
     assert dice(out > 0, truth > 0) > 0.98
 
 
+def test_refine_watershed_band_equals_whole_image_flood(toy):
+    import cv2
+    from skimage.filters import sobel
+    from skimage.segmentation import watershed
+
+    image, truth = toy
+    x = wm.normalise(image, PAIR, 2.0)
+    rough = cv2.erode(truth.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(np.int8)
+    rough[:, 128:] *= 2
+    markers = np.zeros(x.shape, np.int32)
+    for lab in (1, 2):
+        markers[cv2.erode((rough == lab).astype(np.uint8), wm._disk(4)) > 0] = lab
+    markers[cv2.dilate((rough > 0).astype(np.uint8), wm._disk(14)) == 0] = 3
+    whole = watershed(sobel(x.astype(np.float32) / 255.0), markers)
+    assert np.array_equal(wm.refine_watershed(x, rough, 4, 14), np.where(whole == 3, 0, whole))
+
+
 def test_pair_method_falls_back_to_next_clahe_clip(toy, monkeypatch):
     image, truth = toy
     clips = []
