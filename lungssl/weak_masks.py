@@ -73,6 +73,8 @@ class WeakMaskParams:
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
         if values.get("method", "baseline") not in METHODS:
             raise ValueError(f"unknown weak-mask method {values['method']!r}; choose one of {sorted(METHODS)}")
+        if "pair_clahe_clips" in values and not values["pair_clahe_clips"]:
+            raise ValueError("pair_clahe_clips needs at least one CLAHE clip")
         unknown = set(values.get("stability", ())) - set(PERTURBATIONS)
         if unknown:
             raise ValueError(f"unknown stability perturbation(s) {sorted(unknown)}; choose from {list(PERTURBATIONS)}")
@@ -158,8 +160,7 @@ def _check_image(image: np.ndarray) -> None:
 def baseline_mask(image: np.ndarray, params: WeakMaskParams = WeakMaskParams()) -> np.ndarray:
     """The baseline recipe: uint8 gray image (H x W) -> bool lung mask (H x W)."""
     _check_image(image)
-    x = equalize(image, params.clahe_clip, params.clahe_tiles)
-    x = blur(x, params.blur_px)
+    x = normalise(image, params, params.clahe_clip)
     x = suppress_ribs(x, params.rib_px)
     x = invert(x)
     x = smooth_edges(x, params.bilateral_d, params.bilateral_sigma_color, params.bilateral_sigma_space)
@@ -348,10 +349,7 @@ def refine_watershed(x: np.ndarray, lungs: np.ndarray, erode_px: int, dilate_px:
     rows, cols = np.flatnonzero(band.any(axis=1)), np.flatnonzero(band.any(axis=0))
     if len(rows):
         box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-        # the gradient from one pixel of context around the box, exactly as on the whole image
-        ctx = np.s_[max(rows[0] - 1, 0):rows[-1] + 2, max(cols[0] - 1, 0):cols[-1] + 2]
-        grad = sobel(x[ctx].astype(np.float32) / 255.0)
-        grad = grad[int(rows[0] > 0):, int(cols[0] > 0):][:rows[-1] + 1 - rows[0], :cols[-1] + 1 - cols[0]]
+        grad = sobel(x.astype(np.float32) / 255.0)[box]
         flooded = watershed(grad, markers[box], mask=band[box])
         markers[box] = np.where(band[box], flooded, markers[box])
     return np.where(markers == _BACKGROUND, 0, markers).astype(np.int8)

@@ -313,3 +313,8 @@ def test_stability_params_from_config():
     assert p.stability == ("marker",) and p.stability_marker_scale == 1.5
     with pytest.raises(ValueError, match="stability perturbation"):
         wm.WeakMaskParams.from_config({"stability": ["jitter"]})
+
+
+def test_pair_clahe_clips_must_not_be_empty():
+    with pytest.raises(ValueError, match="pair_clahe_clips"):
+        wm.WeakMaskParams.from_config({"pair_clahe_clips": []})
