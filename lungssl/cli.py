@@ -6,6 +6,7 @@ outputs atomically; the science lives in the phase modules.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -89,7 +90,8 @@ def _accepted_rows(table_path: str) -> pd.DataFrame:
 
 
 def cmd_weak_masks(a: argparse.Namespace) -> None:
-    from lungssl.weak_masks import WeakMaskParams, weak_masks_with_stability
+    from lungssl.qc import FILM_COLUMNS
+    from lungssl.weak_masks import WeakMaskParams, find_film, weak_masks_with_stability
 
     params = WeakMaskParams.from_config(json.loads(a.params))
     table = _accepted_rows(a.table)
@@ -103,6 +105,11 @@ def cmd_weak_masks(a: argparse.Namespace) -> None:
     # the QC combines it with the shape score.
     stats = pd.DataFrame({"image_id": ids, "area_fraction": masks.reshape(len(masks), -1).mean(axis=1)
                           if len(masks) else [], "stability": np.asarray(stability, dtype=float)})
+    # The film box (image fractions): the QC measures a mask's placement inside it, not the image.
+    films = [find_film(im, params.pair_padding_tolerance) for im in images]
+    for k, name in enumerate(FILM_COLUMNS):
+        side = images.shape[1] if k < 2 else images.shape[2]
+        stats[name] = [f[k] / side for f in films] if films else []
     write_parquet(stats, a.stats)
     log.info("weak masks for %d images in %.1f s (%.1f images/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
 
@@ -110,30 +117,40 @@ def cmd_weak_masks(a: argparse.Namespace) -> None:
 def cmd_shape_prior(a: argparse.Namespace) -> None:
     from lungssl.qc import build_shape_prior, save_prior
 
-    prior = build_shape_prior(_sampled_masks(a.masks, a.max_masks, a.seed))
+    # build_shape_prior takes one film per mask in lockstep, so tee holds at most one pair.
+    pairs, copy = itertools.tee(_sampled_masks(a.masks, a.films, a.max_masks, a.seed))
+    prior = build_shape_prior((m for m, _ in pairs), films=(f for _, f in copy))
     save_prior(prior, a.out)
     log.info("shape prior from %d distinct non-empty masks (%d exact duplicates left out), %d kept as "
              "self-consistent", prior.n_masks, prior.n_duplicates, prior.n_kept)
 
 
-def _sampled_masks(paths: list[str], max_masks: int, seed: int):
-    """A seeded sample of at most max_masks masks, streamed shard by shard (memory stays bounded)."""
+def _sampled_masks(paths: list[str], film_paths: list[str] | None, max_masks: int, seed: int):
+    """A seeded sample of at most max_masks (mask, film box) pairs, streamed shard by shard (memory
+    stays bounded); film_paths: the shards' weak-mask stats, in the same order as paths (None:
+    every film is the whole image)."""
+    from lungssl.qc import FULL_FILM, films_for
+
+    if film_paths is not None and len(film_paths) != len(paths):
+        raise ValueError(f"{len(paths)} mask stacks but {len(film_paths)} film tables")
     counts = [mask_stack_size(p) for p in paths]
     keep_share = min(1.0, max_masks / max(sum(counts), 1))
     rng = np.random.default_rng(seed)
-    for path in paths:
-        _, masks = read_mask_stack(path)
-        yield from (m for m in masks if rng.random() < keep_share)
+    for k, path in enumerate(paths):
+        ids, masks = read_mask_stack(path)
+        boxes = films_for(ids, pd.read_parquet(film_paths[k])) if film_paths else [FULL_FILM] * len(ids)
+        yield from ((m, box) for m, box in zip(masks, boxes) if rng.random() < keep_share)
 
 
 def cmd_qc(a: argparse.Namespace) -> None:
-    from lungssl.qc import QCParams, agreement_for, load_prior, qc_table
+    from lungssl.qc import QCParams, agreement_for, films_for, load_prior, qc_table
 
     params = QCParams.from_config(json.loads(a.params))
     ids, masks = read_mask_stack(a.masks)
     column = a.agreement or params.agreement
     agreement = agreement_for(ids, pd.read_parquet(a.stats), column) if a.stats and column else None
-    table = qc_table(ids, masks, params, load_prior(a.prior) if a.prior else None, agreement)
+    films = films_for(ids, pd.read_parquet(a.films)) if a.films else None
+    table = qc_table(ids, masks, params, load_prior(a.prior) if a.prior else None, agreement, films)
     write_parquet(table, a.out)
     log.info("QC: %d of %d masks pass", int(table["qc_pass"].sum()), len(table))
 
@@ -277,6 +294,24 @@ def cmd_predict_shard(a: argparse.Namespace) -> None:
     confidence = [float(np.mean(np.abs(p - 0.5)) * 2) for p in probs]
     write_parquet(pd.DataFrame({"image_id": ids, "tta_dice": agree, "confidence": confidence}), a.stats)
     log.info("predicted %d masks", len(ids))
+
+
+def cmd_snap_masks(a: argparse.Namespace) -> None:
+    from lungssl.weak_masks import WeakMaskParams, snap_to_edges
+
+    ids, masks = read_mask_stack(a.masks)
+    images = read_image_stack(a.images)
+    expected = _accepted_rows(a.table)["image_id"].tolist()
+    if ids != expected:
+        raise ValueError(f"{a.masks} does not hold the masks of {a.table}'s images in its order")
+    if a.snap_px:
+        params = WeakMaskParams.from_config(json.loads(a.weak_params))
+        masks = np.stack([snap_to_edges(im, m, params, *a.snap_px) for im, m in zip(images, masks)]) \
+            if len(masks) else masks
+        log.info("snapped %d masks to the image edges (%d px inside, %d px outside)", len(ids), *a.snap_px)
+    else:
+        log.info("snapping is off: %d masks copied unchanged", len(ids))
+    write_mask_stack(a.out, ids, masks)
 
 
 def cmd_round_status(a: argparse.Namespace) -> None:
@@ -655,21 +690,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", required=True)
 
     p = _add(sub, "shape-prior", cmd_shape_prior, "the cohort's shape prior from the masks of all shards",
-             ["lungssl shape-prior --masks results/weak/*.npz --out results/qc/prior.npz"], rules="shape_prior")
+             ["lungssl shape-prior --masks results/weak/*.npz --films results/weak/*.parquet \\",
+              "    --out results/qc/prior.npz"], rules="shape_prior")
     p.add_argument("--masks", nargs="+", required=True)
+    p.add_argument("--films", nargs="+", help="the weak-mask stats tables (film boxes) of the same shards, "
+                   "in the same order; without them placement is measured in the whole image")
     p.add_argument("--max-masks", type=_positive_int, default=20000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
 
     p = _add(sub, "qc", cmd_qc, "QC table for one stack of masks (shape features, cohort score with --prior)",
              ["lungssl qc --masks results/weak/0000.npz --stats results/weak/0000.parquet "
-              "--prior results/qc/prior.npz \\", "    --out results/qc/0000.parquet"], rules="qc_weak or qc_round")
+              "--films results/weak/0000.parquet \\", "    --prior results/qc/prior.npz --out results/qc/0000.parquet"],
+             rules="qc_weak or qc_round")
     p.add_argument("--masks", required=True)
     p.add_argument("--prior", help="cohort shape prior (from shape-prior); without it the fixed-range score")
     p.add_argument("--params", default="{}", help="JSON of QC parameters")
     p.add_argument("--stats", help="per-image stats table (parquet) with an agreement column, combined with "
                    "the shape score: weak masks' 'stability', predictions' 'tta_dice' or 'confidence'")
     p.add_argument("--agreement", help="column of --stats to use (default: the qc.agreement parameter)")
+    p.add_argument("--films", help="the shard's weak-mask stats table: placement is measured in each image's "
+                   "film box (as the prior's must be); without it, in the whole image")
     p.add_argument("--out", required=True)
 
     p = _add(sub, "qc-merge", cmd_qc_merge, "merge per-shard QC tables; summary and score histogram",
@@ -752,6 +793,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP + " (workflow: train.device)")
     p.add_argument("--out", required=True)
     p.add_argument("--stats", required=True)
+
+    p = _add(sub, "snap-masks", cmd_snap_masks, "move each mask's boundary onto the image's nearest edge",
+             ["lungssl snap-masks --masks results/rounds/1/pseudo_raw/0000.npz --images results/images/0000.npy \\",
+              "    --table results/ingest/shards/0000.parquet --snap-px 3 6 --out results/rounds/1/pseudo/0000.npz"],
+             rules="snap_round")
+    p.add_argument("--masks", required=True)
+    p.add_argument("--images", required=True)
+    p.add_argument("--table", required=True)
+    p.add_argument("--snap-px", type=_positive_int, nargs=2, metavar=("INSIDE", "OUTSIDE"),
+                   help="the band around each boundary searched for the edge (px at a 256 px side; workflow: "
+                   "self_learning.snap_px); without it the masks are copied unchanged")
+    p.add_argument("--weak-params", default="{}", help="JSON of weak-mask parameters (their normalisation is used)")
+    p.add_argument("--out", required=True)
 
     p = _add(sub, "round-status", cmd_round_status, "merge a round's QC tables and decide whether the loop stops",
              ["lungssl round-status --round 1 --qc results/rounds/1/qc/*.parquet \\",

@@ -115,22 +115,27 @@ def combine_agreement(shape_score: float, agreement: float) -> float:
 
 
 def qc_table(ids: list[str], masks: np.ndarray, params: QCParams, prior: "ShapePrior | None" = None,
-             agreement: "np.ndarray | list[float] | None" = None) -> pd.DataFrame:
+             agreement: "np.ndarray | list[float] | None" = None,
+             films: "list[Film] | None" = None) -> pd.DataFrame:
     """One row per mask. Without a prior: the fixed-range shape score. With one: the cohort score
     (prior IoU x z-gate) replaces qc_score / qc_pass; the fixed-range columns stay for reference.
 
     With `agreement` (one value per mask, NaN where unknown, e.g. the weak masks' stability or a
     prediction's TTA Dice), qc_score = sqrt(shape score x agreement) (see combine_agreement); the
-    shape score stays as q_shape, the raw value as f_stability and its [0, 1] clip as q_stability."""
+    shape score stays as q_shape, the raw value as f_stability and its [0, 1] clip as q_stability.
+    `films` (one box per mask, see films_for): the cohort's placement features are measured in it."""
     if agreement is not None and len(agreement) != len(ids):
         raise ValueError(f"agreement has {len(agreement)} values for {len(ids)} masks")
+    if films is not None and len(films) != len(ids):
+        raise ValueError(f"films has {len(films)} boxes for {len(ids)} masks")
     threshold = params.threshold if prior is None else params.cohort_threshold
     rows = []
     for i, (image_id, mask) in enumerate(zip(ids, masks)):
         feats = shape_features(mask)
         row = {"image_id": image_id, **{f"f_{k}": v for k, v in feats.items()}, **score_features(feats, params)}
         if prior is not None:
-            row.update(cohort_scores(np.asarray(mask, dtype=bool), prior, params))
+            row.update(cohort_scores(np.asarray(mask, dtype=bool), prior, params,
+                                     films[i] if films is not None else FULL_FILM))
         if agreement is not None:
             a = float(agreement[i]) if agreement[i] is not None else float("nan")
             score = combine_agreement(row["qc_score"], a)
@@ -169,6 +174,22 @@ def agreement_for(ids: list[str], stats: pd.DataFrame, column: str) -> np.ndarra
         raise ValueError(f"stats table has no column {column!r}; it has {', '.join(map(str, stats.columns))}")
     values = stats.drop_duplicates("image_id").set_index("image_id")[column].astype(float)
     return values.reindex(list(ids)).to_numpy(dtype=float)
+
+
+FILM_COLUMNS = ("film_top", "film_bottom", "film_left", "film_right")
+
+
+def films_for(ids: list[str], stats: pd.DataFrame) -> list[Film]:
+    """The film box of each of `ids` from a per-image stats table with FILM_COLUMNS (the weak
+    masks' stats: image fractions of weak_masks.find_film)."""
+    missing = [c for c in FILM_COLUMNS if c not in stats.columns]
+    if missing:
+        raise ValueError(f"stats table has no film column(s) {', '.join(missing)}; rerun the weak masks")
+    boxes = stats.drop_duplicates("image_id").set_index("image_id")[list(FILM_COLUMNS)].astype(float)
+    lacking = [i for i in ids if i not in boxes.index]
+    if lacking:
+        raise ValueError(f"no film box for {len(lacking)} mask(s), e.g. {lacking[0]!r}")
+    return [tuple(row) for row in boxes.loc[list(ids)].to_numpy()]
 
 
 def summarize(table: pd.DataFrame, threshold: float) -> dict:
@@ -269,22 +290,31 @@ def split_lungs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return left | right, left, right
 
 
-def geometry_features(mask: np.ndarray) -> dict[str, float]:
-    """Placement, size and left/right balance as image fractions, so they do not depend on resolution."""
+Film = tuple[float, float, float, float]  # (top, bottom, left, right) of the exposed film, image fractions
+FULL_FILM: Film = (0.0, 1.0, 0.0, 1.0)
+
+
+def geometry_features(mask: np.ndarray, film: Film = FULL_FILM) -> dict[str, float]:
+    """Placement, size and left/right balance as fractions of the film box, so they depend neither
+    on the resolution nor on how much padding an export put around the film."""
     h, w = mask.shape
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return dict.fromkeys(GEOMETRY, 0.0)
     cols = np.flatnonzero(mask.any(axis=0))
-    _, left, right = split_lungs(mask)
-    heights = [np.count_nonzero(x.any(axis=1)) for x in (left, right)]
-    areas = [np.count_nonzero(x) for x in (left, right)]
+    # A letterboxed or off-centre film shifts and shrinks the lungs in image coordinates, not in
+    # the film's: measured in the image, a padded export looked like a misplaced mask to the QC.
+    top, left = film[0] * h, film[2] * w
+    fh, fw = max((film[1] - film[0]) * h, 1.0), max((film[3] - film[2]) * w, 1.0)
+    _, left_lung, right_lung = split_lungs(mask)
+    heights = [np.count_nonzero(x.any(axis=1)) for x in (left_lung, right_lung)]
+    areas = [np.count_nonzero(x) for x in (left_lung, right_lung)]
     return {
-        "area_fraction": float(np.count_nonzero(mask) / mask.size),
-        "bbox_height": float((rows[-1] - rows[0] + 1) / h),
-        "bbox_width": float((cols[-1] - cols[0] + 1) / w),
-        "bbox_cx": float((cols[0] + cols[-1] + 1) / 2 / w),
-        "bbox_cy": float((rows[0] + rows[-1] + 1) / 2 / h),
+        "area_fraction": float(np.count_nonzero(mask) / (fh * fw)),
+        "bbox_height": float((rows[-1] - rows[0] + 1) / fh),
+        "bbox_width": float((cols[-1] - cols[0] + 1) / fw),
+        "bbox_cx": float(((cols[0] + cols[-1] + 1) / 2 - left) / fw),
+        "bbox_cy": float(((rows[0] + rows[-1] + 1) / 2 - top) / fh),
         # Two lungs of similar height and size; a lone object scores 0 on both.
         "height_ratio": float(min(heights) / max(heights)),
         "area_ratio": float(min(areas) / max(areas)),
@@ -322,12 +352,13 @@ def _as_masks(masks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
 
 
 def build_shape_prior(masks: Iterable[np.ndarray], grid: int = 64, keep_fraction: float = 0.5,
-                      max_iter: int = 20) -> ShapePrior:
+                      max_iter: int = 20, films: Iterable[Film] | None = None) -> ShapePrior:
     """Cohort shape prior from the most self-consistent `keep_fraction` of the non-empty masks.
 
     Iterate: mean of the kept masks -> score of every mask against its majority shape -> keep the
     top fraction -> repeat until the kept set stops changing. Trimming to the self-consistent part
     makes the prior robust to the failures it is meant to catch, without any labels.
+    `films`: one film box per mask, in the order the masks stream (see find_film); none: whole images.
     Exact duplicate masks (one study exported several times, in several formats) count once:
     a cohort dominated by copies would otherwise make them the whole kept half, its spread zero,
     and every other mask an outlier.
@@ -335,7 +366,9 @@ def build_shape_prior(masks: Iterable[np.ndarray], grid: int = 64, keep_fraction
     if not 0 < keep_fraction <= 1:
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
     packed, feats, seen, duplicates = [], [], set(), 0
+    film_iter = iter(films) if films is not None else None
     for m in _as_masks(masks):
+        film = next(film_iter) if film_iter is not None else FULL_FILM
         if not m.any():
             continue
         key = hashlib.blake2b(np.packbits(m).tobytes() + str(m.shape).encode(), digest_size=16).digest()
@@ -344,7 +377,7 @@ def build_shape_prior(masks: Iterable[np.ndarray], grid: int = 64, keep_fraction
             continue
         seen.add(key)
         packed.append(np.packbits(shape_codes(m, grid).ravel()))
-        feats.append([geometry_features(m)[k] for k in GEOMETRY])
+        feats.append([geometry_features(m, film)[k] for k in GEOMETRY])
     if not packed:
         raise ValueError("cannot build a shape prior: every mask is empty")
     cells = grid * grid
@@ -401,8 +434,9 @@ def z_gate(max_abs_z: float, params: QCParams) -> float:
     return float(np.clip((params.z_hard - max_abs_z) / (params.z_hard - params.z_soft), 0.0, 1.0))
 
 
-def cohort_scores(mask: np.ndarray, prior: ShapePrior, params: QCParams) -> dict[str, float]:
-    geo = geometry_features(mask)
+def cohort_scores(mask: np.ndarray, prior: ShapePrior, params: QCParams,
+                  film: Film = FULL_FILM) -> dict[str, float]:
+    geo = geometry_features(mask, film)
     ious = prior_ious(mask, prior)
     lung, q_prior = _combine(ious)
     # An empty mask has nothing to judge: infinitely far from the cohort.

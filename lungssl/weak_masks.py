@@ -208,15 +208,27 @@ def normalise(image: np.ndarray, params: WeakMaskParams, clip: float) -> np.ndar
     return blur(equalize(image, clip, params.clahe_tiles), params.blur_px)
 
 
+def _longest_run(flags: np.ndarray) -> tuple[int, int]:
+    """(start, stop) of the longest run of True in a 1-D bool array; (0, 0) if there is none."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    if len(starts) == 0:
+        return 0, 0
+    k = int(np.argmax(stops - starts))
+    return int(starts[k]), int(stops[k])
+
+
 def find_film(image: np.ndarray, tolerance: int = 8) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of the exposed film: the box left after cutting uniform padding."""
     # Scanned or exported films are often framed by black (or white) padding; it is not image
-    # content, and the edge of the film plays the role of the image border.
-    rows = np.flatnonzero(np.ptp(image, axis=1) > tolerance)
-    cols = np.flatnonzero(np.ptp(image, axis=0) > tolerance)
-    if len(rows) < image.shape[0] // 4 or len(cols) < image.shape[1] // 4:
+    # content, and the edge of the film plays the role of the image border. A row or column is
+    # content when it is not uniform; the film is the longest run of content, so a label or
+    # marker burnt into the padding, apart from the film, does not stretch the box.
+    top, bottom = _longest_run(np.ptp(image, axis=1) > tolerance)
+    left, right = _longest_run(np.ptp(image, axis=0) > tolerance)
+    if bottom - top < image.shape[0] // 4 or right - left < image.shape[1] // 4:
         return 0, image.shape[0], 0, image.shape[1]
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return top, bottom, left, right
 
 
 def find_midline(x: np.ndarray, film: tuple[int, int, int, int], search: float = 0.2) -> int:
@@ -370,6 +382,28 @@ def smooth_lungs(lungs: np.ndarray, px: int) -> np.ndarray:
             cv2.drawContours(filled, [max(contours, key=cv2.contourArea)], -1, 1, -1)
             out[(filled > 0) & (out == 0)] = lab
     return out.astype(np.int8)
+
+
+def snap_to_edges(image: np.ndarray, mask: np.ndarray, params: WeakMaskParams = WeakMaskParams(),
+                  erode_px: int = 3, dilate_px: int = 6) -> np.ndarray:
+    """A model's lung mask (bool, image-sized) with its boundary moved onto the image's nearest edges.
+
+    A network trained on pseudo-masks draws smooth, consistent outlines that sit a pixel or two off
+    the anatomy's edges (blurred by downsampling, and biased the way its targets were); the
+    marker-based watershed of the weak masks, run in a narrow band (erode_px inside to dilate_px
+    outside, px at a 256 px side) around the model's boundary, puts it on the gradient's ridge while
+    the model keeps deciding what is lung. The same normalisation as the weak masks' first pass."""
+    from lungssl.qc import split_lungs
+
+    _check_image(image)
+    if mask.shape != image.shape:
+        raise ValueError(f"mask {mask.shape} and image {image.shape} differ in shape")
+    if not mask.any():
+        return np.zeros(mask.shape, bool)
+    _, left, right = split_lungs(np.asarray(mask, bool))
+    lungs = np.where(left, _LEFT, np.where(right, _RIGHT, 0)).astype(np.int8)
+    x = normalise(image, params, params.pair_clahe_clips[0])
+    return smooth_lungs(refine_watershed(x, lungs, erode_px, dilate_px), params.pair_smooth_px) > 0
 
 
 def _pair_stages(image: np.ndarray, params: WeakMaskParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -242,6 +242,17 @@ def train_runtime(epochs):
     return runtime
 
 
+def snap_args():
+    """predict-shard arguments that snap the rounds' pseudo-masks to the image's edges ("" = off)."""
+    px = config["self_learning"]["snap_px"]
+    if not px:
+        return ""
+    if len(px) != 2:
+        raise ValueError(f"self_learning.snap_px takes two numbers (px inside, px outside) or [], got {px}")
+    weak = shlex.quote(json.dumps(config["weak_masks"], sort_keys=True))
+    return f"--snap-px {px[0]} {px[1]} --weak-params {weak}"
+
+
 def round_model(r):
     return f"{ROUND_ROOT}/{int(r)}/model.pt"
 

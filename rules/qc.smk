@@ -1,6 +1,7 @@
 rule shape_prior:
     input:
         masks=per_shard("results/weak/{shard}.npz"),
+        films=per_shard("results/weak/{shard}.parquet"),  # film boxes: placement is measured inside them
         code=PKG / "qc.py",
     output:
         QC_PRIOR,
@@ -18,14 +19,14 @@ rule shape_prior:
     conda:
         "../envs/lungssl.yaml"
     shell:
-        "lungssl shape-prior --masks {input.masks} --max-masks {params.max_masks} --seed {params.seed} "
-        "--out {output} > {log} 2>&1"
+        "lungssl shape-prior --masks {input.masks} --films {input.films} --max-masks {params.max_masks} "
+        "--seed {params.seed} --out {output} > {log} 2>&1"
 
 
 rule qc_weak:
     input:
         masks="results/weak/{shard}.npz",
-        stats="results/weak/{shard}.parquet",  # per-mask stability, combined with the shape score
+        stats="results/weak/{shard}.parquet",  # per-mask stability and film box
         prior=QC_PRIOR if USES_PRIOR else [],
         code=PKG / "qc.py",
     output:
@@ -44,8 +45,8 @@ rule qc_weak:
     conda:
         "../envs/lungssl.yaml"
     shell:
-        "lungssl qc --masks {input.masks} --stats {input.stats} {params.prior} --params {params.qc:q} "
-        "--out {output} > {log} 2>&1"
+        "lungssl qc --masks {input.masks} --stats {input.stats} --films {input.stats} {params.prior} "
+        "--params {params.qc:q} --out {output} > {log} 2>&1"
 
 
 rule qc_weak_merge:
@@ -83,7 +84,9 @@ rule qc_weak_merge:
 rule weak_agreement:
     input:
         masks="results/weak/{shard}.npz",
-        reference=f"{ROUND_ROOT}/1/pseudo/{{shard}}.npz",
+        # The model's own outlines: snapped ones sit on the same edges as the weak masks whatever
+        # their quality, and would agree with them for the wrong reason.
+        reference=f"{ROUND_ROOT}/1/pseudo_raw/{{shard}}.npz",
         code=PKG / "qc.py",
     output:
         "results/qc/agreement/{shard}.parquet",

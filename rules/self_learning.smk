@@ -13,8 +13,8 @@ rule predict_round:
         images="results/images/{shard}.npy",
         code=PKG / "inference.py",
     output:
-        masks=f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.npz",
-        stats=f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.parquet",
+        masks=f"{ROUND_ROOT}/{{r}}/pseudo_raw/{{shard}}.npz",
+        stats=f"{ROUND_ROOT}/{{r}}/pseudo_raw/{{shard}}.parquet",
     params:
         device=config["train"]["device"],
         batch=config["predict"]["batch_size"],
@@ -36,10 +36,39 @@ rule predict_round:
         "--out {output.masks} --stats {output.stats} > {log} 2>&1"
 
 
+# The model's outlines are smooth and consistent but sit a pixel or two off the anatomy's edges,
+# the way its targets did; before they become the next targets, the weak masks' watershed moves
+# each boundary onto the nearest edge within a narrow band (self_learning.snap_px; [] copies).
+rule snap_round:
+    input:
+        masks=f"{ROUND_ROOT}/{{r}}/pseudo_raw/{{shard}}.npz",
+        table="results/ingest/shards/{shard}.parquet",
+        images="results/images/{shard}.npy",
+        code=PKG / "weak_masks.py",
+    output:
+        f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.npz",
+    params:
+        snap=snap_args(),
+    log:
+        "logs/rounds/{r}/snap/{shard}.log",
+    benchmark:
+        "results/benchmarks/rounds/{r}/snap/{shard}.tsv"
+    threads: 1
+    resources:
+        mem_mb=shard_mem_mb(800, 0.3),
+        runtime=shard_runtime(5, 0.05),
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl snap-masks --masks {input.masks} --images {input.images} --table {input.table} {params.snap} "
+        "--out {output} > {log} 2>&1"
+
+
 rule qc_round:
     input:
         masks=f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.npz",
-        stats=f"{ROUND_ROOT}/{{r}}/pseudo/{{shard}}.parquet",
+        stats=f"{ROUND_ROOT}/{{r}}/pseudo_raw/{{shard}}.parquet",  # flip-TTA agreement of the prediction
+        films="results/weak/{shard}.parquet",  # each image's film box, found with its weak mask
         prior=QC_PRIOR if USES_PRIOR else [],
         code=PKG / "qc.py",
     output:
@@ -59,8 +88,8 @@ rule qc_round:
         "../envs/lungssl.yaml"
     shell:
         # A pseudo-mask's agreement signal is its flip test-time-augmentation Dice.
-        "lungssl qc --masks {input.masks} --stats {input.stats} --agreement tta_dice {params.prior} "
-        "--params {params.qc:q} --out {output} > {log} 2>&1"
+        "lungssl qc --masks {input.masks} --stats {input.stats} --agreement tta_dice --films {input.films} "
+        "{params.prior} --params {params.qc:q} --out {output} > {log} 2>&1"
 
 
 checkpoint round_status:

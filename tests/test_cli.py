@@ -18,7 +18,7 @@ import torch
 from lungssl import cli
 from lungssl.modeling import MODEL_FORMAT, ModelSpec, build_model, save_model
 from lungssl.progress import Progress
-from lungssl.storage import write_image_stack, write_mask_stack, write_parquet
+from lungssl.storage import read_mask_stack, write_image_stack, write_mask_stack, write_parquet
 from tests.conftest import toy_radiograph, write_png
 
 SPEC = ModelSpec(arch="Unet", encoder="resnet18", size=32)
@@ -251,6 +251,8 @@ def test_weak_masks_and_predict_shard_write_progress_to_the_rule_log(model_file,
               "--out", str(tmp_path / "weak.npz"), "--stats", str(tmp_path / "weak.parquet")], tmp_path / "weak.log")
     text = (tmp_path / "weak.log").read_text()
     assert "weak masks: 1/3 images (33%)" in text and "\r" not in text
+    films = pd.read_parquet(tmp_path / "weak.parquet")[["film_top", "film_bottom", "film_left", "film_right"]]
+    assert ((films >= 0) & (films <= 1)).all().all() and (films.film_top < films.film_bottom).all()
     _as_rule(["predict-shard", "--model", str(model_file), "--images", str(tmp_path / "0000.npy"), "--table",
               str(tmp_path / "table.parquet"), "--batch-size", "1", "--device", "cpu", "--out",
               str(tmp_path / "p.npz"), "--stats", str(tmp_path / "p.parquet")], tmp_path / "predict.log")
@@ -316,3 +318,23 @@ def test_missing_or_empty_input_folder_fails_at_start_up(tmp_path):
     (tmp_path / "xrays" / "sub").mkdir(parents=True)
     line = _dry_run_error(tmp_path, {"input": {"images": str(tmp_path / "xrays"), "preset": "generic"}})
     assert "no X-ray images found: the folder is empty" in line
+
+
+def test_snap_masks_moves_boundaries_or_copies_and_checks_the_order(tmp_path):
+    import cv2
+
+    ids = _shard(tmp_path)
+    truths = np.stack([toy_radiograph(64, seed=i)[1] for i in range(3)])
+    shrunk = np.stack([cv2.erode(t.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0 for t in truths])
+    write_mask_stack(tmp_path / "raw.npz", ids, shrunk)
+    common = ["snap-masks", "--masks", str(tmp_path / "raw.npz"), "--images", str(tmp_path / "0000.npy"),
+              "--table", str(tmp_path / "table.parquet")]
+    assert cli.main([*common, "--snap-px", "3", "6", "--out", str(tmp_path / "snapped.npz")]) == 0
+    assert cli.main([*common, "--out", str(tmp_path / "copied.npz")]) == 0
+    out_ids, snapped = read_mask_stack(tmp_path / "snapped.npz")
+    assert out_ids == ids and snapped.shape == shrunk.shape and not np.array_equal(snapped, shrunk)
+    assert np.array_equal(read_mask_stack(tmp_path / "copied.npz")[1], shrunk)
+    write_mask_stack(tmp_path / "swapped.npz", ids[::-1], shrunk)
+    common[2] = str(tmp_path / "swapped.npz")
+    assert cli.main([*common, "--out", str(tmp_path / "x.npz")]) != 0
+    assert not (tmp_path / "x.npz").exists()

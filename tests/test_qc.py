@@ -126,6 +126,49 @@ def test_z_gate_flags_gross_outlier(cohort, toy):
     assert qc.z_gate(1.0, qc.QCParams()) == 1.0 and qc.z_gate(5.0, qc.QCParams()) == pytest.approx(0.5)
 
 
+def _letterbox(mask: np.ndarray, side: int, top: int, left: int) -> np.ndarray:
+    """The whole image shrunk to side x side and placed at (top, left) in padding of the same size."""
+    import cv2
+
+    out = np.zeros_like(mask, dtype=bool)
+    out[top:top + side, left:left + side] = cv2.resize(mask.astype(np.uint8), (side, side),
+                                                       interpolation=cv2.INTER_NEAREST) > 0
+    return out
+
+
+def test_placement_is_measured_in_the_film_box(cohort):
+    # An export that shrank the film into a corner of padded canvas: the lungs are fine, only the
+    # image coordinates moved. In the film's coordinates it is one of the cohort.
+    h = cohort[0].shape[0]
+    padded = _letterbox(cohort[1], 160, 10, 90)
+    film = (10 / h, 170 / h, 90 / h, 250 / h)
+    prior = qc.build_shape_prior(cohort)
+    assert not qc.cohort_scores(padded, prior, qc.QCParams())["qc_pass"]  # in the image: too small, off-centre
+    scored = qc.cohort_scores(padded, prior, qc.QCParams(), film)
+    assert scored["qc_pass"] and not scored["qc_outlier"]
+    assert qc.geometry_features(padded, film)["bbox_cx"] == pytest.approx(qc.geometry_features(cohort[1])["bbox_cx"],
+                                                                          abs=0.01)
+    # The prior itself is built in the films: a cohort of padded exports is not an outlier to itself.
+    boxed = [_letterbox(m, 160, 10, 90) for m in cohort]
+    prior = qc.build_shape_prior(boxed, films=[film] * len(boxed))
+    assert qc.cohort_scores(cohort[1], prior, qc.QCParams())["qc_pass"]
+    assert qc.qc_table(["a"], np.stack([padded]), qc.QCParams(), prior, films=[film])["qc_pass"].all()
+
+
+def test_films_for_reads_boxes_and_names_what_is_missing():
+    import pandas as pd
+
+    stats = pd.DataFrame({"image_id": ["a", "b"], "film_top": [0.0, 0.1], "film_bottom": [1.0, 0.9],
+                          "film_left": [0.0, 0.2], "film_right": [1.0, 0.8]})
+    assert qc.films_for(["b", "a"], stats) == [(0.1, 0.9, 0.2, 0.8), (0.0, 1.0, 0.0, 1.0)]
+    with pytest.raises(ValueError, match="no film box for 1 mask"):
+        qc.films_for(["c"], stats)
+    with pytest.raises(ValueError, match="film_left, film_right"):
+        qc.films_for(["a"], stats.drop(columns=["film_left", "film_right"]))
+    with pytest.raises(ValueError, match="films has 1 boxes for 2 masks"):
+        qc.qc_table(["a", "b"], np.zeros((2, 8, 8), bool), qc.QCParams(), films=[(0.0, 1.0, 0.0, 1.0)])
+
+
 def test_save_load_prior_round_trip(cohort, tmp_path):
     prior = qc.build_shape_prior(cohort, grid=32)
     path = tmp_path / "sub" / "prior.npz"
@@ -209,6 +252,15 @@ def test_cli_qc_reads_stats(cohort, toy, tmp_path):
     assert pd.read_parquet(tmp_path / "t.parquet")["f_stability"].tolist() == [0.2, 1.0]
     assert main([*common, "--out", str(tmp_path / "s.parquet")]) in (0, None)
     assert "f_stability" not in pd.read_parquet(tmp_path / "s.parquet").columns
+    # --films: placement in each image's film box; a table without film boxes is a clear failure.
+    pd.DataFrame({"image_id": ["a", "b"], "film_top": 0.0, "film_bottom": 1.0, "film_left": [0.0, 0.25],
+                  "film_right": [1.0, 0.75]}).to_parquet(tmp_path / "films.parquet")
+    films = ["--films", str(tmp_path / "films.parquet")]
+    assert main([*common, *films, "--out", str(tmp_path / "f.parquet")]) in (0, None)
+    widths = pd.read_parquet(tmp_path / "f.parquet")["f_bbox_width"].tolist()
+    assert widths[1] == pytest.approx(2 * widths[0])  # the same mask in a film half as wide
+    no_films = ["--films", str(tmp_path / "stats.parquet")]
+    assert main([*common, *no_films, "--out", str(tmp_path / "x.parquet")]) not in (0, None)
 
 
 def test_model_agreement_is_dice_with_the_models_mask_of_the_same_image(toy):

@@ -124,6 +124,13 @@ def test_find_film_cuts_uniform_padding():
     assert wm.find_film(np.zeros((64, 64), np.uint8)) == (0, 64, 0, 64)  # no content: whole image
 
 
+def test_find_film_ignores_a_marker_burnt_into_the_padding():
+    img = np.zeros((256, 256), np.uint8)
+    img[:, 10:150] = np.random.default_rng(0).integers(50, 200, (256, 140))
+    img[20:30, 230:245] = 255  # a side marker ("L") in the padding, apart from the film
+    assert wm.find_film(img) == (0, 256, 10, 150)
+
+
 def _cand(left: int, width: int, height: int, area: int, top: int = 40) -> wm.Candidate:
     return wm.Candidate(level=0, label=1, area=area, left=left, top=top, width=width, height=height,
                         cx=left + width / 2)
@@ -218,6 +225,22 @@ def test_refine_watershed_band_equals_whole_image_flood(toy):
     markers[cv2.dilate((rough > 0).astype(np.uint8), wm._disk(14)) == 0] = 3
     whole = watershed(sobel(x.astype(np.float32) / 255.0), markers)
     assert np.array_equal(wm.refine_watershed(x, rough, 4, 14), np.where(whole == 3, 0, whole))
+
+
+def test_snap_to_edges_moves_a_shrunken_mask_onto_the_lungs(toy):
+    import cv2
+
+    image, truth = toy
+    # A model's mask that sits 3 px inside the edges everywhere, as one trained on cautious targets.
+    shrunk = cv2.erode(truth.astype(np.uint8), wm._disk(3)) > 0
+    snapped = wm.snap_to_edges(image, shrunk, PAIR)
+    assert snapped.dtype == bool and dice(snapped, truth) > dice(shrunk, truth) + 0.02
+    # The model decides what is lung: nothing is added beyond the band around its mask.
+    near = cv2.dilate(shrunk.astype(np.uint8), wm._disk(7)) > 0
+    assert not snapped[~near].any()
+    assert not wm.snap_to_edges(image, np.zeros_like(truth), PAIR).any()
+    with pytest.raises(ValueError, match="differ in shape"):
+        wm.snap_to_edges(image, truth[:100], PAIR)
 
 
 def test_pair_method_falls_back_to_next_clahe_clip(toy, monkeypatch):
