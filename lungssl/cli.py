@@ -554,6 +554,12 @@ steps show a progress bar, elsewhere a progress line every LUNGSSL_PROGRESS_SECO
 --debug shows the Python traceback of an error."""
 
 
+def _shard_args(p: argparse.ArgumentParser) -> None:
+    """--images and --table of one shard: the rows of the stack are the table's accepted images, in order."""
+    p.add_argument("--images", required=True, help="the shard's image stack (results/images/{shard}.npy)")
+    p.add_argument("--table", required=True, help="the shard's ingest table (results/ingest/shards/{shard}.parquet)")
+
+
 def _add(sub, name: str, func, help_: str, examples: list[str], rules: str = "",
          note: str = "") -> argparse.ArgumentParser:
     """A subcommand with a one-line description and an Examples: epilog. Subcommands that only the
@@ -683,8 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
              ["lungssl weak-masks --images results/images/0000.npy --table results/ingest/shards/0000.parquet \\",
               "    --params '{\"method\": \"pair\"}' --out results/weak/0000.npz --stats results/weak/0000.parquet"],
              rules="weak_masks")
-    p.add_argument("--images", required=True)
-    p.add_argument("--table", required=True)
+    _shard_args(p)
     p.add_argument("--params", default="{}", help="JSON of weak-mask parameters")
     p.add_argument("--out", required=True)
     p.add_argument("--stats", required=True)
@@ -785,8 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
               "    --table results/ingest/shards/0000.parquet --out pseudo.npz --stats pseudo.parquet"],
              rules="predict_round or predict_model")
     p.add_argument("--model", required=True)
-    p.add_argument("--images", required=True)
-    p.add_argument("--table", required=True)
+    _shard_args(p)
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--no-tta", action="store_true", help="skip the flip test-time augmentation")
     p.add_argument("--threads", type=_positive_int, default=1)
@@ -799,8 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
               "    --table results/ingest/shards/0000.parquet --snap-px 3 6 --out results/rounds/1/pseudo/0000.npz"],
              rules="snap_round")
     p.add_argument("--masks", required=True)
-    p.add_argument("--images", required=True)
-    p.add_argument("--table", required=True)
+    _shard_args(p)
     p.add_argument("--snap-px", type=_positive_int, nargs=2, metavar=("INSIDE", "OUTSIDE"),
                    help="the band around each boundary searched for the edge (px at a 256 px side; workflow: "
                    "self_learning.snap_px); without it the masks are copied unchanged")
