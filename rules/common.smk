@@ -243,7 +243,7 @@ def train_runtime(epochs):
 
 
 def snap_args():
-    """predict-shard arguments that snap the rounds' pseudo-masks to the image's edges ("" = off)."""
+    """snap-masks arguments for the rounds' pseudo-masks ("" = off: the masks are copied unchanged)."""
     px = config["self_learning"]["snap_px"]
     if not px:
         return ""

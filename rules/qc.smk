@@ -80,7 +80,8 @@ rule qc_weak_merge:
 
 
 # A second QC of the weak masks, once the early-learning model exists: where a weak mask parts from
-# that model's prediction (round 1's pseudo-mask of the same image), the weak mask is the likely culprit.
+# that model's raw prediction for the same image (round 1, before snapping), the weak mask is the
+# likely culprit.
 rule weak_agreement:
     input:
         masks="results/weak/{shard}.npz",
