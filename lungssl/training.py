@@ -43,6 +43,7 @@ class TrainParams:
     scale: float = 0.1
     rotate: float = 5.0
     brightness_contrast: float = 0.2
+    opacity: float = 0.0           # share of training images given simulated opacities inside the lungs
     num_workers: int = 0
     min_steps_per_epoch: int = 20  # small cohorts repeat within an epoch, so curves share one time scale
     seed: int = 0
@@ -104,7 +105,57 @@ def build_augment(p: TrainParams, seed: int):
         A.RandomBrightnessContrast(brightness_limit=p.brightness_contrast,
                                    contrast_limit=p.brightness_contrast, p=0.8),
     ]
-    return A.Compose(steps, seed=seed)
+    return Augment(A.Compose(steps, seed=seed), p.opacity)
+
+
+class Augment:
+    """The albumentations pipeline, then (for a share of the images) simulated opacities."""
+
+    def __init__(self, compose, opacity: float):
+        self.compose, self.opacity, self._seed = compose, opacity, 0
+
+    def set_random_seed(self, seed: int) -> None:
+        self.compose.set_random_seed(seed)
+        self._seed = seed
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict:
+        out = self.compose(image=image, mask=mask)
+        rng = np.random.default_rng(self._seed)
+        if self.opacity > 0 and rng.random() < self.opacity:
+            out["image"] = add_opacities(out["image"], out["mask"], rng)
+        return out
+
+
+def add_opacities(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, max_blobs: int = 3) -> np.ndarray:
+    """uint8 image with 1..max_blobs bright, mottled, soft-edged blobs centred inside the mask.
+
+    Weak masks are drawn from darkness, so consolidation, effusion or fibrosis is left out of them and
+    a model trained on them learns "lung = dark". Opacities painted into the lungs with the target
+    unchanged teach it that a lung stays lung when it turns white. A blob reaches at most the
+    brightness of the tissue around the lungs (the 75th percentile outside the mask), so its
+    contrast follows each image's exposure instead of a fixed grey level."""
+    inside = mask > 0
+    if not inside.any() or inside.all():
+        return image
+    span = float(np.percentile(image[~inside], 75)) - float(np.median(image[inside]))
+    if span <= 0:
+        return image
+    import cv2
+
+    h, w = image.shape
+    ys, xs = np.nonzero(inside)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    added = np.zeros((h, w), np.float32)
+    for _ in range(int(rng.integers(1, max_blobs + 1))):
+        i = int(rng.integers(len(ys)))
+        sy, sx = rng.uniform(0.04, 0.15, 2) * np.array([h, w])
+        blob = np.exp(-0.5 * (((yy - ys[i]) / sy) ** 2 + ((xx - xs[i]) / sx) ** 2))
+        added = np.maximum(added, rng.uniform(0.3, 1.0) * blob)
+    # Mottling: real opacities are patchy (air bronchograms, nodular infiltrates), not smooth domes.
+    noise = cv2.GaussianBlur(rng.random((h, w), dtype=np.float32), (0, 0), max(1.0, h / 128))
+    noise = (noise - noise.mean()) / (noise.std() + 1e-6)
+    added *= np.clip(1.0 + 0.3 * noise, 0.0, 2.0)
+    return np.clip(image.astype(np.float32) + span * added, 0, 255).astype(np.uint8)
 
 
 def aug_seed(seed: int, epoch: int, pos: int) -> int:

@@ -206,7 +206,7 @@ def per_shard(pattern):
 # ---------------------------------------------------------------- learning stages
 
 TRAIN_KEYS = ("batch_size", "lr", "bce_weight", "qc_weight", "min_qc", "hflip", "shift", "scale", "rotate",
-              "brightness_contrast", "num_workers", "min_steps_per_epoch")
+              "brightness_contrast", "opacity", "num_workers", "min_steps_per_epoch")
 ROUND_ROOT = "results/rounds"
 
 
@@ -323,9 +323,10 @@ def qc_quality_inputs(wildcards):
             for kind, path in zip(("eval", "qc"), pair)}
 
 
-def qc_quality_args(wildcards, input):
-    return " ".join(f"--score {shlex.quote(label)} {input[f'eval_{i}']} {input[f'qc_{i}']}"
-                    for i, label in enumerate(qc_scores()))
+def qc_quality_args(wildcards):
+    # From qc_scores() itself, not from the job's input: while a later round's checkpoint is
+    # pending, Snakemake hands the params a placeholder input without the named files.
+    return " ".join(f"--score {shlex.quote(label)} {ev} {qc}" for label, (ev, qc) in qc_scores().items())
 
 
 def final_targets(wildcards):

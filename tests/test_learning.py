@@ -13,7 +13,7 @@ from lungssl import early_stop, self_learning
 from lungssl.inference import clean_mask, predict_folder, predict_probs, to_mask
 from lungssl.modeling import ModelSpec, build_model, load_model, read_model_file, save_model
 from lungssl.storage import read_mask_stack, write_image_stack, write_mask_stack
-from lungssl.training import TrainParams, collect_targets, soft_dice_loss, train_model
+from lungssl.training import TrainParams, add_opacities, build_augment, collect_targets, soft_dice_loss, train_model
 from tests.conftest import toy_radiograph, write_png
 
 SPEC = ModelSpec(arch="Unet", encoder="resnet18", size=64)
@@ -114,6 +114,43 @@ def test_soft_dice_loss_is_zero_for_perfect_prediction():
     target[:, :, 2:6, 2:6] = 1
     logits = (target * 2 - 1) * 50
     assert soft_dice_loss(logits, target).max() < 1e-3
+
+
+def _lungs_and_mask():
+    image, mask = toy_radiograph(128)
+    return image, mask.astype(np.uint8)
+
+
+def test_opacities_brighten_the_lungs_up_to_the_surrounding_tissue():
+    image, mask = _lungs_and_mask()
+    out = add_opacities(image, mask, np.random.default_rng(3))
+    added = out.astype(int) - image.astype(int)
+    assert added.min() >= 0 and added[mask > 0].max() > 0
+    # Centred in the lungs: most of what is added lands inside them.
+    assert added[mask > 0].sum() > added[mask == 0].sum()
+    ceiling = np.percentile(image[mask == 0], 75) - np.median(image[mask > 0])
+    assert added.max() <= 2 * ceiling + 1  # at most twice the span, where the mottling peaks
+
+
+def test_opacities_need_lungs_and_are_seeded():
+    image, mask = _lungs_and_mask()
+    assert np.array_equal(add_opacities(image, np.zeros_like(mask), np.random.default_rng(0)), image)
+    a = add_opacities(image, mask, np.random.default_rng(5))
+    assert np.array_equal(a, add_opacities(image, mask, np.random.default_rng(5)))
+    assert not np.array_equal(a, add_opacities(image, mask, np.random.default_rng(6)))
+
+
+@pytest.mark.parametrize("opacity", [0.0, 1.0])
+def test_augment_leaves_the_target_alone_and_repeats_with_its_seed(opacity):
+    image, mask = _lungs_and_mask()
+    p = TrainParams(opacity=opacity, shift=0, scale=0, rotate=0, brightness_contrast=0)
+    aug = build_augment(p, seed=0)
+    outs = []
+    for _ in range(2):
+        aug.set_random_seed(11)
+        outs.append(aug(image=image, mask=mask))
+    assert np.array_equal(outs[0]["image"], outs[1]["image"]) and np.array_equal(outs[0]["mask"], mask)
+    assert np.array_equal(outs[0]["image"], image) == (opacity == 0.0)
 
 
 FAST = TrainParams(epochs=3, min_epochs=1, batch_size=4, lr=1e-3, early_stop=False, seed=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -206,6 +207,20 @@ def test_deleted_round_status_is_rebuilt_and_final_still_from_round_2(chain_run)
     payload = torch.load(chain_run / "results/final/model.pt", weights_only=True)
     assert payload["meta"]["round"] == 2
     assert json.loads((chain_run / "results/rounds/1/status.json").read_text())["round"] == 1
+
+
+def test_raising_the_round_limit_continues_the_chain(chain_run, tmp_path):
+    # A finished run whose user then asks for one more round: the checkpoint unrolls round 3 and
+    # every stage that lists the rounds (final model, evaluation, QC quality) follows it.
+    run = tmp_path / "run"
+    shutil.copytree(chain_run, run, symlinks=True)
+    write_config(run, {**TINY, "self_learning": {**TINY["self_learning"], "min_rounds": 3, "max_rounds": 3}})
+    snakemake(run)
+    r = run / "results"
+    assert json.loads((r / "rounds/3/status.json").read_text())["stop"]
+    assert torch.load(r / "final/model.pt", weights_only=True)["meta"]["round"] == 3
+    assert "round_3" in set(pd.read_csv(r / "eval/summary.csv")["stage"])
+    assert any("round 3" in label for label in pd.read_csv(r / "eval/qc_quality.csv").iloc[:, 0])
 
 
 def test_training_job_killed_mid_run_resumes(chain_run, tmp_path):
