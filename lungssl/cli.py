@@ -514,7 +514,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     output = Path(a.output)
     n_ok, rejected = predict_folder(Path(a.model), [Path(p) for p in a.input], output,
                                     overlay=a.overlay, device=a.device, batch_size=a.batch_size,
-                                    lr_labels=a.lr_labels, heat_model=a.heatmaps)
+                                    lr_labels=a.lr_labels, heat_model=a.heatmaps, truth=a.truth)
     if rejected and not n_ok:
         reasons = pd.Series([r for _, r in rejected]).value_counts().head(3)
         raise ValueError(f"none of the {len(rejected)} input files could be read ("
@@ -625,7 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
               "lungssl predict --model model.pt --input a.dcm b.png --output out/ --overlay --lr-labels",
               "find /data -name '*.dcm' > todo.txt && lungssl predict --model model.pt --input todo.txt --output out/",
               "lungssl predict --model results/final/model.pt --input xrays/ --output out/ \\",
-              "    --heatmaps results/heatmaps/normal_model.npz --device cuda"],
+              "    --heatmaps results/heatmaps/normal_model.npz --device cuda",
+              "lungssl predict --model model.pt --input site_b/images --output out/ --truth '{root}/../masks/{stem}.png'"],
              note="Writes OUTPUT/<stem>.png (0/255, at the input's size; a folder's tree is kept) for every\n"
                   "readable X-ray, and OUTPUT/rejected.csv (path, reason) for the files it could not read.\n"
                   "Exit codes: 0 all written; 3 some inputs rejected, the others written; 1 error, e.g. no\n"
@@ -641,6 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmaps", metavar="NORMAL_MODEL",
                    help="also write <stem>_heat.png and heatmap_scores.csv, with the normal lung model "
                    "of a workflow run (results/heatmaps/normal_model.npz)")
+    p.add_argument("--truth", nargs="+", metavar="TEMPLATE",
+                   help="measure against manual masks: path templates of each image's mask, as in the config "
+                   "({root}: the input folder, {dir}: the image's folder, {stem}: its name without suffix; "
+                   "several are united, e.g. left + right); writes truth_scores.csv (Dice, IoU, HD95, or why "
+                   "an image could not be scored) and logs the mean, median, p10 and min Dice")
     p.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (lower it if out of memory)")
 

@@ -105,12 +105,8 @@ def _output_stem(path, roots, out_dir, used: set):
     from pathlib import Path
 
     path = Path(os.path.normpath(path))
-    parent = Path()
-    for root in roots:
-        root = Path(os.path.normpath(root))
-        if root.is_dir() and path.is_relative_to(root):
-            parent = path.relative_to(root).parent  # normalised first: no ".." left in it
-            break
+    root = _root_of(path, roots)
+    parent = path.relative_to(root).parent if root else Path()  # normalised first: no ".." left in it
     name = path.stem if path.stem not in ("", ".", "..") else path.name
     stem = out_dir / parent / name
     if stem in used:  # a.png next to a.jpg: keep both
@@ -123,6 +119,19 @@ def _output_stem(path, roots, out_dir, used: set):
         raise ValueError(f"refusing to write outside {out_dir} for input {path}")
     used.add(stem)
     return stem
+
+
+def _root_of(path, roots):
+    """The input folder (or a list's common folder) that `path` came from, None for a file given alone."""
+    import os
+    from pathlib import Path
+
+    path = Path(os.path.normpath(path))
+    for root in roots:
+        root = Path(os.path.normpath(root))
+        if root.is_dir() and path.is_relative_to(root):
+            return root
+    return None
 
 
 LIST_SUFFIX = ".txt"
@@ -174,13 +183,15 @@ def check_exists(path) -> None:
 
 def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: str = "auto",
                    batch_size: int = 16, progress: bool | None = None, lr_labels: bool = False,
-                   heat_model=None) -> tuple[int, list[tuple[str, str]]]:
+                   heat_model=None, truth=None) -> tuple[int, list[tuple[str, str]]]:
     """Masks (0/255 PNG, each at its input's size) for folders, lists of paths and files; returns
     (written, rejected). See expand_inputs for the inputs.
 
     With lr_labels, also <stem>_lr.png (0/1/2 = background / image-left / image-right lung) and
     left_right.csv saying for each image whether the pair is plausible. With heat_model (a normal
     lung model from the workflow's heatmap stage), also <stem>_heat.png and heatmap_scores.csv.
+    With truth (mask path templates, as in the config: {root}, {dir}, {stem}), also truth_scores.csv:
+    each mask's Dice, IoU and HD95 against the manual one, or why it could not be scored.
     progress: None = a bar on a terminal, a log line every 30 s elsewhere; False = neither."""
     import pandas as pd
 
@@ -192,6 +203,7 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
     dev = pick_device(device)
     for p in inputs:  # a typo in a path fails before the model is even read
         check_exists(p)
+    scorer = _TruthScorer(truth) if truth else None  # and so does a mistyped mask template
     model, spec, _ = load_model(model_path, dev)
     heat = _HeatWriter(heat_model) if heat_model else None
     files, roots = expand_inputs(inputs)
@@ -221,6 +233,8 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
                     lr_rows.append((str(path), problem == "", problem))
                 if heat:
                     heat(path, stem, px, mask)
+                if scorer:
+                    scorer(path, _root_of(path, roots), mask)
                 written += 1
         bar.update(len(files[start:start + batch_size]))
     bar.close()
@@ -228,6 +242,8 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
         pd.DataFrame(lr_rows, columns=["path", "plausible", "problem"]).to_csv(out_dir / "left_right.csv", index=False)
     if heat:
         heat.table().to_csv(out_dir / "heatmap_scores.csv", index=False)
+    if scorer:
+        scorer.write(out_dir / "truth_scores.csv")
     if rejected:
         out_dir.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rejected, columns=["path", "reason"]).to_csv(out_dir / "rejected.csv", index=False)
@@ -255,3 +271,66 @@ class _HeatWriter:
         import pandas as pd
 
         return pd.DataFrame(self.rows)
+
+
+class _TruthScorer:
+    """Scores each predicted mask against a manual one (for predict_folder; measuring only).
+
+    A missing, unreadable or differently sized manual mask is recorded with its reason, never
+    skipped silently, and never resized: a mask of another size may belong to another image."""
+
+    def __init__(self, templates):
+        for t in templates:
+            try:
+                filled = t.format(root="R", dir="D", stem="\0")
+            except (KeyError, IndexError) as err:
+                raise ValueError(f"mask template {t!r}: {{{err.args[0]}}} is not a placeholder; "
+                                 "use {root}, {dir} and {stem}") from None
+            except ValueError as err:
+                raise ValueError(f"mask template {t!r} is not a valid template: {err}") from None
+            if "\0" not in filled:  # one file for every image is a mistake, not a measurement
+                raise ValueError(f"mask template {t!r} must contain {{stem}} (the image's name without suffix)")
+        self.templates, self.rows = list(templates), []
+
+    def __call__(self, path, root, mask: np.ndarray) -> None:
+        from pathlib import Path
+
+        from lungssl.evaluation import dice, hd95, iou
+        from lungssl.ingest import mask_paths
+        from lungssl.loader import ImageReadError, read_mask
+
+        path = Path(path)
+        files = mask_paths(path, Path(root) if root else path.parent, self.templates)
+        row = {"path": str(path), "truth": ";".join(files), "dice": np.nan, "iou": np.nan, "hd95": np.nan,
+               "problem": ""}
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            row["problem"] = f"no manual mask {missing[0]}"
+        else:
+            try:
+                manual = read_mask([Path(f) for f in files])
+            except (ImageReadError, ValueError) as err:
+                manual, row["problem"] = None, f"unreadable manual mask: {err}"
+            if manual is not None and manual.shape != mask.shape:
+                row["problem"] = (f"manual mask is {manual.shape[1]}x{manual.shape[0]}, "
+                                  f"the image {mask.shape[1]}x{mask.shape[0]}")
+            elif manual is not None:
+                row.update(dice=dice(mask, manual), iou=iou(mask, manual), hd95=hd95(mask, manual))
+        self.rows.append(row)
+
+    def write(self, path) -> None:
+        import pandas as pd
+
+        from lungssl.evaluation import summary_row
+
+        table = pd.DataFrame(self.rows, columns=["path", "truth", "dice", "iou", "hd95", "problem"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path, index=False)
+        scored = table[table["problem"] == ""]
+        if len(scored):
+            s = summary_row(scored, "predict")
+            log.info("Dice against the manual masks of %d images: mean %.4f, median %.4f, p10 %.4f, min %.4f",
+                     s["n"], s["dice_mean"], s["dice_median"], s["dice_p10"], s["dice_min"])
+        if len(scored) < len(table):
+            log.warning("%d of %d images could not be scored against a manual mask; %s says why",
+                        len(table) - len(scored), len(table), path)

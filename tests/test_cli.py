@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -153,6 +154,48 @@ def test_predict_individual_files_with_one_name_all_kept(model_file, tmp_path, c
     code, _ = run(["predict", "--model", str(model_file), "--input", *map(str, files), "--output",
                    str(tmp_path / "out")], capsys)
     assert code == 0 and len(list((tmp_path / "out").glob("x*.png"))) == 3
+
+
+def test_predict_measures_against_manual_masks_and_says_why_one_could_not_be(model_file, tmp_path, capsys, caplog):
+    from lungssl.evaluation import dice
+
+    caplog.set_level(logging.INFO, logger="lungssl")
+
+    images, truths = tmp_path / "site" / "images", tmp_path / "site" / "masks"
+    for name, size, seed in (("a", 64, 0), ("b", 72, 1), ("c", 64, 2), ("d", 64, 3)):
+        image, mask = toy_radiograph(size, seed=seed)
+        write_png(images / f"{name}.png", image)
+        if name == "b":
+            mask = mask[:64, :64]  # another image's size: recorded, never resized
+        if name != "c":  # c has no manual mask
+            write_png(truths / f"{name}.png", mask.astype(np.uint8) * 255)
+    code, _ = run(["predict", "--model", str(model_file), "--input", str(images), "--output", str(tmp_path / "out"),
+                   "--truth", "{root}/../masks/{stem}.png"], capsys)
+    assert code == 0
+    scores = pd.read_csv(tmp_path / "out" / "truth_scores.csv", keep_default_na=False).set_index("path")
+    assert [Path(p).name for p in scores.index] == ["a.png", "b.png", "c.png", "d.png"]
+    problems = {Path(p).name: v for p, v in scores["problem"].items()}
+    assert problems["a.png"] == problems["d.png"] == ""
+    assert problems["b.png"] == "manual mask is 64x64, the image 72x72"
+    assert problems["c.png"].startswith("no manual mask ") and problems["c.png"].endswith("c.png")
+    for name in ("a", "d"):  # the Dice of the written mask against the manual one
+        written = cv2.imread(str(tmp_path / "out" / f"{name}.png"), cv2.IMREAD_GRAYSCALE) > 127
+        manual = cv2.imread(str(truths / f"{name}.png"), cv2.IMREAD_GRAYSCALE) > 127
+        assert float(scores.loc[str(images / f"{name}.png"), "dice"]) == pytest.approx(dice(written, manual))
+    assert "Dice against the manual masks of 2 images" in caplog.text
+    assert "2 of 4 images could not be scored" in caplog.text
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{dir}/../masks/{name}.png", "{name} is not a placeholder; use {root}, {dir} and {stem}"),
+    ("masks/all.png", "must contain {stem}"),
+    ("{stem", "is not a valid template"),
+])
+def test_predict_refuses_a_mistyped_mask_template_before_reading_the_model(xrays, tmp_path, capsys, template,
+                                                                           message):
+    code, err = run(["predict", "--model", str(tmp_path / "no-model.pt"), "--input", str(xrays), "--output",
+                     str(tmp_path / "out"), "--truth", template], capsys)
+    assert code == 1 and message in one_error_line(err)
 
 
 def test_gpu_asked_for_but_absent_is_one_clear_line(model_file, xrays, tmp_path, capsys, monkeypatch):
