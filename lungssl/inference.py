@@ -283,8 +283,9 @@ class _TruthScorer:
         for t in templates:
             try:
                 filled = t.format(root="R", dir="D", stem="\0")
-            except (KeyError, IndexError) as err:
-                raise ValueError(f"mask template {t!r}: {{{err.args[0]}}} is not a placeholder; "
+            except (KeyError, IndexError) as err:  # {name} or a positional {} / {0}
+                field = f"{{{err.args[0]}}}" if isinstance(err, KeyError) else "a positional {}"
+                raise ValueError(f"mask template {t!r}: {field} is not a placeholder; "
                                  "use {root}, {dir} and {stem}") from None
             except ValueError as err:
                 raise ValueError(f"mask template {t!r} is not a valid template: {err}") from None

@@ -188,6 +188,7 @@ def test_predict_measures_against_manual_masks_and_says_why_one_could_not_be(mod
 
 @pytest.mark.parametrize("template, message", [
     ("{dir}/../masks/{name}.png", "{name} is not a placeholder; use {root}, {dir} and {stem}"),
+    ("masks/{}.png", "a positional {} is not a placeholder"),
     ("masks/all.png", "must contain {stem}"),
     ("{stem", "is not a valid template"),
 ])
