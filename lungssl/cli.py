@@ -514,7 +514,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     output = Path(a.output)
     n_ok, rejected = predict_folder(Path(a.model), [Path(p) for p in a.input], output,
                                     overlay=a.overlay, device=a.device, batch_size=a.batch_size,
-                                    lr_labels=a.lr_labels, heat_model=a.heatmaps, truth=a.truth)
+                                    lr_labels=a.lr_labels, heat_model=a.heatmaps, truth=a.truth,
+                                    qc_prior=a.qc)
     if rejected and not n_ok:
         reasons = pd.Series([r for _, r in rejected]).value_counts().head(3)
         raise ValueError(f"none of the {len(rejected)} input files could be read ("
@@ -626,7 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
               "find /data -name '*.dcm' > todo.txt && lungssl predict --model model.pt --input todo.txt --output out/",
               "lungssl predict --model results/final/model.pt --input xrays/ --output out/ \\",
               "    --heatmaps results/heatmaps/normal_model.npz --device cuda",
-              "lungssl predict --model model.pt --input site_b/images --output out/ --truth '{root}/../masks/{stem}.png'"],
+              "lungssl predict --model model.pt --input site_b/images --output out/ --truth '{root}/../masks/{stem}.png'",
+              "lungssl predict --model results/final/model.pt --input site_b/ --output out/ --qc results/qc/prior.npz"],
              note="Writes OUTPUT/<stem>.png (0/255, at the input's size; a folder's tree is kept) for every\n"
                   "readable X-ray, and OUTPUT/rejected.csv (path, reason) for the files it could not read.\n"
                   "Exit codes: 0 all written; 3 some inputs rejected, the others written; 1 error, e.g. no\n"
@@ -642,6 +644,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmaps", metavar="NORMAL_MODEL",
                    help="also write <stem>_heat.png and heatmap_scores.csv, with the normal lung model "
                    "of a workflow run (results/heatmaps/normal_model.npz)")
+    p.add_argument("--qc", metavar="PRIOR",
+                   help="also write quality.csv: each mask's label-free QC score (shape prior of a workflow run, "
+                   "results/qc/prior.npz, x flip-TTA agreement, as the self-learning rounds score pseudo-masks) "
+                   "and qc_pass (score >= 0.75): the masks to check first")
     p.add_argument("--truth", nargs="+", metavar="TEMPLATE",
                    help="measure against manual masks: path templates of each image's mask, as in the config "
                    "({root}: the input folder, {dir}: the image's folder, {stem}: its name without suffix; "

@@ -186,6 +186,61 @@ def test_predict_measures_against_manual_masks_and_says_why_one_could_not_be(mod
     assert "2 of 4 images could not be scored" in caplog.text
 
 
+def test_predict_qc_scores_each_written_mask_as_the_rounds_score_pseudo_masks(model_file, tmp_path, capsys):
+    from lungssl import qc
+    from lungssl.weak_masks import find_film
+
+    images = tmp_path / "site"
+    cohort = []
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        image, mask = toy_radiograph(64, seed=seed)
+        write_png(images / f"{name}.png", image)
+        cohort.append(mask)
+    prior_path = tmp_path / "prior.npz"
+    qc.save_prior(qc.build_shape_prior(cohort, grid=32), prior_path)
+    code, _ = run(["predict", "--model", str(model_file), "--input", str(images), "--output", str(tmp_path / "out"),
+                   "--qc", str(prior_path)], capsys)
+    assert code == 0
+    table = pd.read_csv(tmp_path / "out" / "quality.csv").set_index("path")
+    assert [Path(p).name for p in table.index] == ["a.png", "b.png", "c.png"]
+    assert (table["qc_pass"] == (table["qc_score"] >= qc.QCParams().cohort_threshold)).all()
+    assert table["f_stability"].between(0, 1).all()
+    prior = qc.load_prior(prior_path)
+    for name in ("a", "b", "c"):  # the written mask's cohort score, as the rounds compute it
+        written = cv2.imread(str(tmp_path / "out" / f"{name}.png"), cv2.IMREAD_GRAYSCALE) > 127
+        image = cv2.imread(str(images / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+        film = tuple(v / 64 for v in find_film(image))
+        small = cv2.resize(written.astype(np.uint8), (SPEC.size, SPEC.size), interpolation=cv2.INTER_NEAREST) > 0
+        shape = qc.cohort_scores(small, prior, qc.QCParams(), film)["qc_score"]
+        assert table.loc[str(images / f"{name}.png"), "q_shape"] == pytest.approx(shape)
+
+
+def test_quality_scorer_passes_a_typical_lung_pair_and_fails_a_lost_lung(tmp_path):
+    from lungssl import qc
+    from lungssl.inference import _QualityScorer
+
+    cohort = [toy_radiograph(64, seed=s)[1] for s in range(3)]
+    qc.save_prior(qc.build_shape_prior(cohort, grid=32), tmp_path / "prior.npz")
+    scorer = _QualityScorer(tmp_path / "prior.npz")
+    image, mask = toy_radiograph(96, seed=5)
+    half = mask.copy()
+    half[:, 48:] = False  # one lung missed, as on a film the model does not know
+    for name, m, agreement in (("pair", mask, 1.0), ("half", half, 1.0), ("unstable", mask, 0.3)):
+        scorer(name, image, m, agreement, 32)
+    rows = {r["path"]: r for r in scorer.rows}
+    assert rows["pair"]["qc_pass"] and rows["pair"]["qc_score"] > 0.9
+    assert not rows["half"]["qc_pass"] and not rows["unstable"]["qc_pass"]
+
+
+def test_predict_refuses_a_file_that_is_no_shape_prior_before_reading_the_model(xrays, tmp_path, capsys):
+    (tmp_path / "prior.npz").write_text("not a prior")
+    for prior, message in ((tmp_path / "prior.npz", "is not the shape prior of a lungssl run"),
+                           (tmp_path / "none.npz", "none.npz")):
+        code, err = run(["predict", "--model", str(tmp_path / "no-model.pt"), "--input", str(xrays), "--output",
+                         str(tmp_path / "out"), "--qc", str(prior)], capsys)
+        assert code == 1 and message in one_error_line(err)
+
+
 @pytest.mark.parametrize("template, message", [
     ("{dir}/../masks/{name}.png", "{name} is not a placeholder; use {root}, {dir} and {stem}"),
     ("masks/{}.png", "a positional {} is not a placeholder"),
