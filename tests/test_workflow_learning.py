@@ -147,13 +147,17 @@ def test_html_report_covers_every_section(chain_run, tmp_path):
     assert "Sections of this report" in html
 
 
-def test_predict_cli_heatmaps(chain_run, tmp_path):
+def test_predict_cli_heatmaps_and_qc(chain_run, tmp_path):
     images = sorted((chain_run / "resources/synthetic/images").glob("*.png"))[:2]
     lungssl("predict", "--model", str(chain_run / "results/final/model.pt"), "--input", *map(str, images),
-            "--output", str(tmp_path / "out"), "--heatmaps", str(chain_run / "results/heatmaps/normal_model.npz"))
+            "--output", str(tmp_path / "out"), "--heatmaps", str(chain_run / "results/heatmaps/normal_model.npz"),
+            "--qc", str(chain_run / "results/qc/prior.npz"))
     table = pd.read_csv(tmp_path / "out" / "heatmap_scores.csv")
     assert len(table) == 2 and {"score", "flagged_fraction", "left_mean_z"} <= set(table.columns)
     assert all((tmp_path / "out" / f"{p.stem}_heat.png").is_file() for p in images)
+    quality = pd.read_csv(tmp_path / "out" / "quality.csv")  # the run's own prior judges the masks
+    assert list(quality["path"]) == [str(p) for p in images]
+    assert quality["qc_score"].between(0, 1).all() and quality["f_stability"].between(0, 1).all()
 
 
 def test_predict_cli_exit_codes(chain_run, tmp_path):
