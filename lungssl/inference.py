@@ -286,7 +286,10 @@ class _QualityScorer:
     combined with the flip-TTA Dice), so a user sees which masks of a new hospital to check.
     On a hospital the model never saw it ranks masks by their true Dice with Spearman 0.62 (README)."""
 
-    COLUMNS = ["path", "qc_score", "qc_pass", "q_shape", "f_prior_iou", "f_max_abs_z", "f_stability"]
+    WORDS = {"area_fraction": "lung area", "bbox_height": "lung height", "bbox_width": "lung width",
+             "bbox_cx": "horizontal position", "bbox_cy": "vertical position",
+             "height_ratio": "left/right height balance", "area_ratio": "left/right area balance"}
+    COLUMNS = ["path", "qc_score", "qc_pass", "q_shape", "q_prior", "f_max_abs_z", "f_stability", "why"]
 
     def __init__(self, prior_path):
         from lungssl.qc import QCParams, load_prior
@@ -310,7 +313,24 @@ class _QualityScorer:
         h, w = image.shape
         row = qc_table([str(path)], small[None], self.params, self.prior, agreement=[float(agreement)],
                        films=[(top / h, bottom / h, left / w, right / w)]).iloc[0]
-        self.rows.append({"path": str(path), **{c: row[c] for c in self.COLUMNS[1:]}})
+        self.rows.append({"path": str(path), **{c: row[c] for c in self.COLUMNS[1:-1]}, "why": self._why(row)})
+
+    def _why(self, row) -> str:
+        """Which part of the score fails, in words ("" for a mask that passes)."""
+        if row["qc_pass"]:
+            return ""
+        level, reasons = self.params.cohort_threshold, []
+        if row["f_max_abs_z"] > self.params.z_soft:
+            from lungssl.qc import GEOMETRY
+
+            z = self.prior.z_scores({k: row[f"f_{k}"] for k in GEOMETRY})
+            worst = max(z, key=lambda k: abs(z[k]))
+            reasons.append(f"{self.WORDS.get(worst, worst)} {z[worst]:+.1f} robust SDs from the cohort's")
+        if row["q_prior"] < level:
+            reasons.append(f"shape unlike the cohort's lungs (IoU with its typical pair {row['q_prior']:.2f})")
+        if row["f_stability"] < level:
+            reasons.append(f"the mirrored image gives another mask (flip Dice {row['f_stability']:.2f})")
+        return "; ".join(reasons) or "the parts pass, their product does not"
 
     def write(self, path) -> None:
         import pandas as pd

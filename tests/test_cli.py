@@ -228,8 +228,9 @@ def test_quality_scorer_passes_a_typical_lung_pair_and_fails_a_lost_lung(tmp_pat
     for name, m, agreement in (("pair", mask, 1.0), ("half", half, 1.0), ("unstable", mask, 0.3)):
         scorer(name, image, m, agreement, 32)
     rows = {r["path"]: r for r in scorer.rows}
-    assert rows["pair"]["qc_pass"] and rows["pair"]["qc_score"] > 0.9
-    assert not rows["half"]["qc_pass"] and not rows["unstable"]["qc_pass"]
+    assert rows["pair"]["qc_pass"] and rows["pair"]["qc_score"] > 0.9 and rows["pair"]["why"] == ""
+    assert not rows["half"]["qc_pass"] and "robust SDs from the cohort's" in rows["half"]["why"]
+    assert not rows["unstable"]["qc_pass"] and rows["unstable"]["why"].startswith("the mirrored image gives")
 
 
 def test_predict_refuses_a_file_that_is_no_shape_prior_before_reading_the_model(xrays, tmp_path, capsys):
