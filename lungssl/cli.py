@@ -91,7 +91,7 @@ def _accepted_rows(table_path: str) -> pd.DataFrame:
 
 def cmd_weak_masks(a: argparse.Namespace) -> None:
     from lungssl.qc import FILM_COLUMNS
-    from lungssl.weak_masks import WeakMaskParams, find_film, weak_masks_with_stability
+    from lungssl.weak_masks import WeakMaskParams, film_fractions, weak_masks_with_stability
 
     params = WeakMaskParams.from_config(json.loads(a.params))
     table = _accepted_rows(a.table)
@@ -106,10 +106,9 @@ def cmd_weak_masks(a: argparse.Namespace) -> None:
     stats = pd.DataFrame({"image_id": ids, "area_fraction": masks.reshape(len(masks), -1).mean(axis=1)
                           if len(masks) else [], "stability": np.asarray(stability, dtype=float)})
     # The film box (image fractions): the QC measures a mask's placement inside it, not the image.
-    films = [find_film(im, params.pair_padding_tolerance) for im in images]
+    films = [film_fractions(im, params.pair_padding_tolerance) for im in images]
     for k, name in enumerate(FILM_COLUMNS):
-        side = images.shape[1] if k < 2 else images.shape[2]
-        stats[name] = [f[k] / side for f in films] if films else []
+        stats[name] = [f[k] for f in films]
     write_parquet(stats, a.stats)
     log.info("weak masks for %d images in %.1f s (%.1f images/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
 

@@ -304,15 +304,13 @@ class _QualityScorer:
 
     def __call__(self, path, image: np.ndarray, mask: np.ndarray, agreement: float, size: int) -> None:
         from lungssl.qc import qc_table
-        from lungssl.weak_masks import find_film
+        from lungssl.weak_masks import film_fractions
 
         # The prior was built on square working-size masks; its features are fractions of the film,
         # so the square resize changes nothing but the cost.
         small = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
-        top, bottom, left, right = find_film(image)
-        h, w = image.shape
         row = qc_table([str(path)], small[None], self.params, self.prior, agreement=[float(agreement)],
-                       films=[(top / h, bottom / h, left / w, right / w)]).iloc[0]
+                       films=[film_fractions(image)]).iloc[0]
         self.rows.append({"path": str(path), **{c: row[c] for c in self.COLUMNS[1:-1]}, "why": self._why(row)})
 
     def _why(self, row) -> str:

@@ -231,6 +231,13 @@ def find_film(image: np.ndarray, tolerance: int = 8) -> tuple[int, int, int, int
     return top, bottom, left, right
 
 
+def film_fractions(image: np.ndarray, tolerance: int = 8) -> tuple[float, float, float, float]:
+    """find_film as fractions of the image's height and width: the film box the QC measures in."""
+    top, bottom, left, right = find_film(image, tolerance)
+    h, w = image.shape[:2]
+    return top / h, bottom / h, left / w, right / w
+
+
 def find_midline(x: np.ndarray, film: tuple[int, int, int, int], search: float = 0.2) -> int:
     """Column of the bright mediastinum/spine: the brightest column near the film centre."""
     # Both lungs are dark and the mediastinum between them is bright, so the (smoothed) column
