@@ -6,6 +6,7 @@ outputs atomically; the science lives in the phase modules.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -114,12 +115,14 @@ def cmd_weak_masks(a: argparse.Namespace) -> None:
 
 
 def cmd_shape_prior(a: argparse.Namespace) -> None:
-    from lungssl.qc import build_shape_prior, save_prior
+    from lungssl.qc import QCParams, build_shape_prior, save_prior
 
+    QCParams.from_config(json.loads(a.params))  # a wrong setting fails here, not at predict time
+    judging = {"qc": json.loads(a.params), "film_tolerance": a.film_tolerance}
     # build_shape_prior takes one film per mask in lockstep, so tee holds at most one pair.
     pairs, copy = itertools.tee(_sampled_masks(a.masks, a.films, a.max_masks, a.seed))
     prior = build_shape_prior((m for m, _ in pairs), films=(f for _, f in copy))
-    save_prior(prior, a.out)
+    save_prior(dataclasses.replace(prior, judging=judging), a.out)
     log.info("shape prior from %d distinct non-empty masks (%d exact duplicates left out), %d kept as "
              "self-consistent", prior.n_masks, prior.n_duplicates, prior.n_kept)
 
@@ -713,6 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "in the same order; without them placement is measured in the whole image")
     p.add_argument("--max-masks", type=_positive_int, default=20000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--params", default="{}", help="JSON of QC parameters, saved with the prior: "
+                   "`lungssl predict --qc` judges masks with them")
+    p.add_argument("--film-tolerance", type=int, default=8,
+                   help="the weak masks' pair_padding_tolerance, saved with the prior (film boxes at predict time)")
     p.add_argument("--out", required=True)
 
     p = _add(sub, "qc", cmd_qc, "QC table for one stack of masks (shape features, cohort score with --prior)",

@@ -300,7 +300,9 @@ class _QualityScorer:
         except (OSError, KeyError, ValueError) as err:
             raise ValueError(f"{prior_path} is not the shape prior of a lungssl run "
                              f"(results/qc/prior.npz): {err}") from None
-        self.params, self.rows = QCParams(), []
+        # Judged as the run judged its own masks (priors older than that record: the defaults).
+        self.params = QCParams.from_config(self.prior.judging.get("qc", {}))
+        self.film_tolerance, self.rows = int(self.prior.judging.get("film_tolerance", 8)), []
 
     def __call__(self, path, image: np.ndarray, mask: np.ndarray, agreement: float, size: int) -> None:
         from lungssl.qc import qc_table
@@ -310,7 +312,7 @@ class _QualityScorer:
         # so the square resize changes nothing but the cost.
         small = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
         row = qc_table([str(path)], small[None], self.params, self.prior, agreement=[float(agreement)],
-                       films=[film_fractions(image)]).iloc[0]
+                       films=[film_fractions(image, self.film_tolerance)]).iloc[0]
         self.rows.append({"path": str(path), **{c: row[c] for c in self.COLUMNS[1:-1]}, "why": self._why(row)})
 
     def _why(self, row) -> str:

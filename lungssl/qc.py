@@ -7,6 +7,7 @@ The same QC serves weak masks and every round's pseudo-masks.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -237,6 +238,9 @@ class ShapePrior:
     n_masks: int = 0  # distinct non-empty masks seen
     n_kept: int = 0  # masks the maps and statistics were computed on
     n_duplicates: int = 0  # exact copies of a mask already seen, left out (not saved)
+    # How the run judged masks against this prior (QC parameters, film-finder tolerance), saved with
+    # it so that `lungssl predict --qc` judges a new hospital's masks as the run judged its own.
+    judging: dict = field(default_factory=dict, compare=False)
 
     @property
     def grid(self) -> int:
@@ -409,7 +413,8 @@ def save_prior(prior: ShapePrior, path: Path | str) -> None:
             np.savez(fh, maps=prior.maps, features=np.array(GEOMETRY),
                      median=np.array([prior.median[k] for k in GEOMETRY]),
                      scale=np.array([prior.scale[k] for k in GEOMETRY]),
-                     counts=np.array([prior.n_masks, prior.n_kept]))
+                     counts=np.array([prior.n_masks, prior.n_kept]),
+                     judging=np.array(json.dumps(prior.judging, sort_keys=True)))
 
 
 def load_prior(path: Path | str) -> ShapePrior:
@@ -420,7 +425,8 @@ def load_prior(path: Path | str) -> ShapePrior:
         return ShapePrior(maps=z["maps"].astype(np.float32),
                           median=dict(zip(names, map(float, z["median"]))),
                           scale=dict(zip(names, map(float, z["scale"]))),
-                          n_masks=int(z["counts"][0]), n_kept=int(z["counts"][1]))
+                          n_masks=int(z["counts"][0]), n_kept=int(z["counts"][1]),
+                          judging=json.loads(str(z["judging"])) if "judging" in z else {})
 
 
 def prior_ious(mask: np.ndarray, prior: ShapePrior) -> np.ndarray:

@@ -8,6 +8,8 @@ rule shape_prior:
     params:
         max_masks=CFG_QC["prior_max_masks"],
         seed=config["seed"],
+        qc=json.dumps(CFG_QC, sort_keys=True),
+        film_tolerance=config["weak_masks"]["pair_padding_tolerance"],
     log:
         "logs/qc/prior.log",
     benchmark:
@@ -20,7 +22,8 @@ rule shape_prior:
         "../envs/lungssl.yaml"
     shell:
         "lungssl shape-prior --masks {input.masks} --films {input.films} --max-masks {params.max_masks} "
-        "--seed {params.seed} --out {output} > {log} 2>&1"
+        "--seed {params.seed} --params {params.qc:q} --film-tolerance {params.film_tolerance} "
+        "--out {output} > {log} 2>&1"
 
 
 rule qc_weak:

@@ -2,6 +2,7 @@
 inputs of `lungssl predict`, progress in the logs of the workflow's long steps."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -231,6 +232,37 @@ def test_quality_scorer_passes_a_typical_lung_pair_and_fails_a_lost_lung(tmp_pat
     assert rows["pair"]["qc_pass"] and rows["pair"]["qc_score"] > 0.9 and rows["pair"]["why"] == ""
     assert not rows["half"]["qc_pass"] and "robust SDs from the cohort's" in rows["half"]["why"]
     assert not rows["unstable"]["qc_pass"] and rows["unstable"]["why"].startswith("the mirrored image gives")
+
+
+def test_quality_scorer_judges_with_the_settings_saved_in_the_prior(tmp_path):
+    from lungssl import qc
+    from lungssl.inference import _QualityScorer
+
+    cohort = [toy_radiograph(64, seed=s)[1] for s in range(3)]
+    image, mask = toy_radiograph(96, seed=5)
+    passes = {}
+    for level in (0.75, 0.2):
+        prior = qc.build_shape_prior(cohort, grid=32)
+        path = tmp_path / f"prior{level}.npz"
+        qc.save_prior(dataclasses.replace(prior, judging={"qc": {"cohort_threshold": level}}), path)
+        scorer = _QualityScorer(path)
+        scorer("unstable", image, mask, 0.3, 32)  # scores about 0.3: fails the default, passes 0.2
+        passes[level] = scorer.rows[0]["qc_pass"]
+    assert passes == {0.75: False, 0.2: True}
+
+
+def test_shape_prior_command_saves_the_qc_settings_and_refuses_wrong_ones(tmp_path, capsys):
+    from lungssl import qc
+    from lungssl.storage import write_mask_stack
+
+    masks = np.stack([toy_radiograph(64, seed=s)[1] for s in range(4)])
+    write_mask_stack(tmp_path / "weak.npz", [f"i{k}" for k in range(4)], masks)
+    base = ["shape-prior", "--masks", str(tmp_path / "weak.npz"), "--out", str(tmp_path / "prior.npz")]
+    code, _ = run(base + ["--params", '{"cohort_threshold": 0.7}', "--film-tolerance", "5"], capsys)
+    assert code == 0
+    assert qc.load_prior(tmp_path / "prior.npz").judging == {"qc": {"cohort_threshold": 0.7}, "film_tolerance": 5}
+    code, err = run(base + ["--params", '{"z_soft": 7, "z_hard": 6}'], capsys)
+    assert code == 1 and "z_soft < z_hard" in one_error_line(err)
 
 
 def test_predict_refuses_a_file_that_is_no_shape_prior_before_reading_the_model(xrays, tmp_path, capsys):

@@ -178,6 +178,15 @@ def test_save_load_prior_round_trip(cohort, tmp_path):
     np.testing.assert_array_equal(back.maps, prior.maps)
     assert back.median == prior.median and back.scale == prior.scale
     assert (back.n_masks, back.n_kept, back.grid) == (prior.n_masks, prior.n_kept, 32)
+    assert back.judging == {}  # none recorded: whoever judges against it uses the defaults
+
+
+def test_prior_keeps_how_the_run_judged_its_masks(cohort, tmp_path):
+    import dataclasses
+
+    judging = {"qc": {"cohort_threshold": 0.6, "z_soft": 3.0}, "film_tolerance": 12}
+    qc.save_prior(dataclasses.replace(qc.build_shape_prior(cohort, grid=32), judging=judging), tmp_path / "p.npz")
+    assert qc.load_prior(tmp_path / "p.npz").judging == judging
 
 
 def test_qc_table_with_prior_has_cohort_columns(cohort):

@@ -158,6 +158,11 @@ def test_predict_cli_heatmaps_and_qc(chain_run, tmp_path):
     quality = pd.read_csv(tmp_path / "out" / "quality.csv")  # the run's own prior judges the masks
     assert list(quality["path"]) == [str(p) for p in images]
     assert quality["qc_score"].between(0, 1).all() and quality["f_stability"].between(0, 1).all()
+    from lungssl.qc import load_prior
+
+    judging = load_prior(chain_run / "results/qc/prior.npz").judging  # what predict --qc judges with
+    assert judging["qc"]["cohort_threshold"] == 0.75 and judging["qc"]["method"] == "cohort"
+    assert judging["film_tolerance"] == 8
 
 
 def test_predict_cli_exit_codes(chain_run, tmp_path):
