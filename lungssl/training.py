@@ -38,7 +38,7 @@ class TrainParams:
     bce_weight: float = 0.0        # 0: Dice loss alone; >0 adds BCE
     qc_weight: bool = False        # weight each image's loss by its QC score
     min_qc: float | None = None    # QC score a mask needs to be a training target; None: it must pass QC
-    hflip: bool = False
+    hflip: bool = True             # mirrored X-rays: the flip-TTA views are in distribution (README)
     shift: float = 0.05
     scale: float = 0.1
     rotate: float = 5.0

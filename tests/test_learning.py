@@ -143,7 +143,7 @@ def test_opacities_need_lungs_and_are_seeded():
 @pytest.mark.parametrize("opacity", [0.0, 1.0])
 def test_augment_leaves_the_target_alone_and_repeats_with_its_seed(opacity):
     image, mask = _lungs_and_mask()
-    p = TrainParams(opacity=opacity, shift=0, scale=0, rotate=0, brightness_contrast=0)
+    p = TrainParams(opacity=opacity, hflip=False, shift=0, scale=0, rotate=0, brightness_contrast=0)
     aug = build_augment(p, seed=0)
     outs = []
     for _ in range(2):
@@ -151,6 +151,22 @@ def test_augment_leaves_the_target_alone_and_repeats_with_its_seed(opacity):
         outs.append(aug(image=image, mask=mask))
     assert np.array_equal(outs[0]["image"], outs[1]["image"]) and np.array_equal(outs[0]["mask"], mask)
     assert np.array_equal(outs[0]["image"], image) == (opacity == 0.0)
+
+
+def test_flip_mirrors_image_and_target_together():
+    image, mask = _lungs_and_mask()
+    mask = mask.copy()
+    mask[:, : mask.shape[1] // 2] = 0  # one-sided, so a mirror is visible
+    aug = build_augment(TrainParams(shift=0, scale=0, rotate=0, brightness_contrast=0), seed=0)
+    flipped = 0
+    for s in range(20):
+        aug.set_random_seed(s)
+        out = aug(image=image, mask=mask)
+        mirrored = np.array_equal(out["mask"], mask[:, ::-1])
+        assert mirrored or np.array_equal(out["mask"], mask)
+        assert np.array_equal(out["image"], image[:, ::-1] if mirrored else image)
+        flipped += mirrored
+    assert 0 < flipped < 20  # on by default, for about half the images
 
 
 FAST = TrainParams(epochs=3, min_epochs=1, batch_size=4, lr=1e-3, early_stop=False, seed=0)
