@@ -284,7 +284,8 @@ class _QualityScorer:
     """Label-free QC of each predicted mask (for predict_folder): the score the self-learning rounds
     give a pseudo-mask (IoU with the run's cohort shape prior x the z-gate on placement and size,
     combined with the flip-TTA Dice), so a user sees which masks of a new hospital to check.
-    On a hospital the model never saw it ranks masks by their true Dice with Spearman 0.62 (README)."""
+    On a hospital the model never saw it ranks masks by their true Dice with Spearman 0.53, and 99%
+    of the masks it passes have Dice >= 0.85 (README, "A hospital the pipeline never saw")."""
 
     WORDS = {"area_fraction": "lung area", "bbox_height": "lung height", "bbox_width": "lung width",
              "bbox_cx": "horizontal position", "bbox_cy": "vertical position",
