@@ -322,11 +322,10 @@ class _QualityScorer:
             return ""
         level, reasons = self.params.cohort_threshold, []
         if row["f_max_abs_z"] > self.params.z_soft:
-            from lungssl.qc import GEOMETRY
+            from lungssl.qc import GEOMETRY, worst_z
 
-            z = self.prior.z_scores({k: row[f"f_{k}"] for k in GEOMETRY})
-            worst = max(z, key=lambda k: abs(z[k]))
-            reasons.append(f"{self.WORDS.get(worst, worst)} {z[worst]:+.1f} robust SDs from the cohort's")
+            worst, z = worst_z(self.prior, {k: row[f"f_{k}"] for k in GEOMETRY})
+            reasons.append(f"{self.WORDS.get(worst, worst)} {z:+.1f} robust SDs from the cohort's")
         if row["q_prior"] < level:
             reasons.append(f"shape unlike the cohort's lungs (IoU with its typical pair {row['q_prior']:.2f})")
         if row["f_stability"] < level:

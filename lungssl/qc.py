@@ -435,6 +435,13 @@ def prior_ious(mask: np.ndarray, prior: ShapePrior) -> np.ndarray:
     return _iou(codes, prior.binary.reshape(3, -1))
 
 
+def worst_z(prior: ShapePrior, geo: dict[str, float]) -> tuple[str, float]:
+    """The placement or size feature furthest from the cohort, and its robust z-score."""
+    z = prior.z_scores(geo)
+    name = max(z, key=lambda k: abs(z[k]))
+    return name, float(z[name])
+
+
 def z_gate(max_abs_z: float, params: QCParams) -> float:
     """1 while the worst feature is within z_soft robust SDs of the cohort, 0 from z_hard on."""
     return float(np.clip((params.z_hard - max_abs_z) / (params.z_hard - params.z_soft), 0.0, 1.0))
@@ -446,7 +453,7 @@ def cohort_scores(mask: np.ndarray, prior: ShapePrior, params: QCParams,
     ious = prior_ious(mask, prior)
     lung, q_prior = _combine(ious)
     # An empty mask has nothing to judge: infinitely far from the cohort.
-    max_z = float(max(abs(z) for z in prior.z_scores(geo).values())) if mask.any() else float("inf")
+    max_z = abs(worst_z(prior, geo)[1]) if mask.any() else float("inf")
     gate = z_gate(max_z, params)
     score = float(q_prior) * gate
     return {**{f"f_{k}": v for k, v in geo.items()}, "f_prior_iou": float(ious[0]), "f_lung_iou": float(lung),

@@ -124,6 +124,10 @@ def test_z_gate_flags_gross_outlier(cohort, toy):
     assert scored["q_prior"] > 0.8
     assert scored["qc_outlier"] and scored["q_gate"] == 0 and not scored["qc_pass"]
     assert qc.z_gate(1.0, qc.QCParams()) == 1.0 and qc.z_gate(5.0, qc.QCParams()) == pytest.approx(0.5)
+    # The feature that set the gate is named with its signed z: too small, so a negative area z.
+    name, z = qc.worst_z(prior, qc.geometry_features(tiny))
+    assert abs(z) == pytest.approx(scored["f_max_abs_z"])
+    assert name in ("area_fraction", "bbox_height", "bbox_width") and z < 0
 
 
 def _letterbox(mask: np.ndarray, side: int, top: int, left: int) -> np.ndarray:
