@@ -53,7 +53,8 @@ class WeakMaskParams:
     pair_max_cross: float = 0.1  # lung overlap across the midline (fraction of width) that scores 0
     pair_marker_erode_px: int = 4
     pair_marker_dilate_px: int = 14
-    pair_smooth_px: int = 11
+    pair_smooth_px: int = 11  # closing: fills the bays vessels and nodules leave at the edge
+    pair_open_px: int = 11  # opening: cuts thin leaks; larger also blunts the costophrenic angles
     # --- stability of the mask under small perturbations (a label-free QC signal, "pair" only) ---
     # marker: the watershed re-run from tighter markers (erosion x scale, background band / scale);
     # contrast: the whole method re-run at 1/downscale of the side with the CLAHE clip x scale.
@@ -374,15 +375,18 @@ def refine_watershed(x: np.ndarray, lungs: np.ndarray, erode_px: int, dilate_px:
     return np.where(markers == _BACKGROUND, 0, markers).astype(np.int8)
 
 
-def smooth_lungs(lungs: np.ndarray, px: int) -> np.ndarray:
-    """One solid, smooth component per lung: largest piece, holes filled, notches closed."""
+def smooth_lungs(lungs: np.ndarray, px: int, open_px: int | None = None) -> np.ndarray:
+    """One solid, smooth component per lung: largest piece, holes filled, notches closed.
+
+    px: the closing's diameter; open_px: the opening's (px when None), both at a 256 px side."""
     # Vessels, nodules and consolidation leave holes and bays in a threshold mask; a lung is a
     # single simply connected region with a smooth outline.
     out = np.zeros(lungs.shape, np.uint8)
-    k = _disk(max(1, _px(px, lungs.shape[0]) // 2))
+    close_k = _disk(max(1, _px(px, lungs.shape[0]) // 2))
+    open_k = _disk(max(1, _px(px if open_px is None else open_px, lungs.shape[0]) // 2))
     for lab in (_LEFT, _RIGHT):
-        m = cv2.morphologyEx((lungs == lab).astype(np.uint8), cv2.MORPH_CLOSE, k)
-        m = cv2.morphologyEx(m, cv2.MORPH_OPEN, k)
+        m = cv2.morphologyEx((lungs == lab).astype(np.uint8), cv2.MORPH_CLOSE, close_k)
+        m = cv2.morphologyEx(m, cv2.MORPH_OPEN, open_k)
         contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         if contours:
             filled = np.zeros_like(m)
@@ -410,7 +414,7 @@ def snap_to_edges(image: np.ndarray, mask: np.ndarray, params: WeakMaskParams = 
     _, left, right = split_lungs(np.asarray(mask, bool))
     lungs = np.where(left, _LEFT, np.where(right, _RIGHT, 0)).astype(np.int8)
     x = normalise(image, params, params.pair_clahe_clips[0])
-    return smooth_lungs(refine_watershed(x, lungs, erode_px, dilate_px), params.pair_smooth_px) > 0
+    return smooth_lungs(refine_watershed(x, lungs, erode_px, dilate_px), params.pair_smooth_px, params.pair_open_px) > 0
 
 
 def _pair_stages(image: np.ndarray, params: WeakMaskParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -423,7 +427,7 @@ def _pair_stages(image: np.ndarray, params: WeakMaskParams) -> tuple[np.ndarray,
         if rough.any():
             break
     lungs = refine_watershed(x, rough, params.pair_marker_erode_px, params.pair_marker_dilate_px)
-    return x, rough, smooth_lungs(lungs, params.pair_smooth_px)
+    return x, rough, smooth_lungs(lungs, params.pair_smooth_px, params.pair_open_px)
 
 
 def weak_lungs(image: np.ndarray, params: WeakMaskParams = WeakMaskParams(method="pair")) -> np.ndarray:
@@ -449,7 +453,7 @@ def _marker_rerun(image: np.ndarray, x: np.ndarray, rough: np.ndarray, params: W
     s = params.stability_marker_scale
     erode = max(1, int(round(params.pair_marker_erode_px * s)))
     dilate = max(1, int(round(params.pair_marker_dilate_px / s)))
-    return smooth_lungs(refine_watershed(x, rough, erode, dilate), params.pair_smooth_px) > 0
+    return smooth_lungs(refine_watershed(x, rough, erode, dilate), params.pair_smooth_px, params.pair_open_px) > 0
 
 
 def _contrast_rerun(image: np.ndarray, x: np.ndarray, rough: np.ndarray, params: WeakMaskParams) -> np.ndarray:

@@ -1,5 +1,6 @@
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -277,6 +278,17 @@ def test_smooth_lungs_fills_holes_and_drops_specks():
     lungs[50:200, 146:206] = 2
     out = wm.smooth_lungs(lungs, 11)
     assert out[105, 75] == 1 and out[12, 12] == 0 and out[120, 170] == 2
+
+
+def test_smaller_opening_keeps_a_sharp_costophrenic_angle():
+    # A lung whose lateral lower corner narrows to a sharp angle, as the costophrenic recess does.
+    lungs = np.zeros((256, 256), np.int8)
+    pts = np.array([[60, 40], [110, 40], [110, 200], [40, 215]], np.int32)  # (x, y): tip at bottom left
+    cv2.fillPoly(lungs, [pts], 1)
+    wide, narrow = wm.smooth_lungs(lungs, 11), wm.smooth_lungs(lungs, 11, open_px=5)
+    tip = np.s_[195:216, 38:60]
+    assert narrow[tip].sum() > wide[tip].sum()
+    assert (narrow > 0).sum() <= (lungs > 0).sum() + 5  # the opening only removes, closing adds nothing here
 
 
 def test_dispatcher_picks_the_method(toy):
