@@ -395,6 +395,11 @@ def smooth_lungs(lungs: np.ndarray, px: int, open_px: int | None = None) -> np.n
     return out.astype(np.int8)
 
 
+def _smooth(lungs: np.ndarray, params: WeakMaskParams) -> np.ndarray:
+    """smooth_lungs with the closing and opening sizes of `params`."""
+    return smooth_lungs(lungs, params.pair_smooth_px, params.pair_open_px)
+
+
 def snap_to_edges(image: np.ndarray, mask: np.ndarray, params: WeakMaskParams = WeakMaskParams(),
                   erode_px: int = 3, dilate_px: int = 6) -> np.ndarray:
     """A model's lung mask (bool, image-sized) with its boundary moved onto the image's nearest edges.
@@ -414,7 +419,7 @@ def snap_to_edges(image: np.ndarray, mask: np.ndarray, params: WeakMaskParams = 
     _, left, right = split_lungs(np.asarray(mask, bool))
     lungs = np.where(left, _LEFT, np.where(right, _RIGHT, 0)).astype(np.int8)
     x = normalise(image, params, params.pair_clahe_clips[0])
-    return smooth_lungs(refine_watershed(x, lungs, erode_px, dilate_px), params.pair_smooth_px, params.pair_open_px) > 0
+    return _smooth(refine_watershed(x, lungs, erode_px, dilate_px), params) > 0
 
 
 def _pair_stages(image: np.ndarray, params: WeakMaskParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -427,7 +432,7 @@ def _pair_stages(image: np.ndarray, params: WeakMaskParams) -> tuple[np.ndarray,
         if rough.any():
             break
     lungs = refine_watershed(x, rough, params.pair_marker_erode_px, params.pair_marker_dilate_px)
-    return x, rough, smooth_lungs(lungs, params.pair_smooth_px, params.pair_open_px)
+    return x, rough, _smooth(lungs, params)
 
 
 def weak_lungs(image: np.ndarray, params: WeakMaskParams = WeakMaskParams(method="pair")) -> np.ndarray:
@@ -453,7 +458,7 @@ def _marker_rerun(image: np.ndarray, x: np.ndarray, rough: np.ndarray, params: W
     s = params.stability_marker_scale
     erode = max(1, int(round(params.pair_marker_erode_px * s)))
     dilate = max(1, int(round(params.pair_marker_dilate_px / s)))
-    return smooth_lungs(refine_watershed(x, rough, erode, dilate), params.pair_smooth_px, params.pair_open_px) > 0
+    return _smooth(refine_watershed(x, rough, erode, dilate), params) > 0
 
 
 def _contrast_rerun(image: np.ndarray, x: np.ndarray, rough: np.ndarray, params: WeakMaskParams) -> np.ndarray:
