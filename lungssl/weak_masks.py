@@ -55,6 +55,7 @@ class WeakMaskParams:
     pair_marker_dilate_px: int = 14
     pair_smooth_px: int = 11  # closing: fills the bays vessels and nodules leave at the edge
     pair_open_px: int = 11  # opening: cuts thin leaks; larger also blunts the costophrenic angles
+    pair_lateral_hull: bool = True  # fill each lung's outer border out to its convex hull
     # --- stability of the mask under small perturbations (a label-free QC signal, "pair" only) ---
     # marker: the watershed re-run from tighter markers (erosion x scale, background band / scale);
     # contrast: the whole method re-run at 1/downscale of the side with the CLAHE clip x scale.
@@ -375,10 +376,32 @@ def refine_watershed(x: np.ndarray, lungs: np.ndarray, erode_px: int, dilate_px:
     return np.where(markers == _BACKGROUND, 0, markers).astype(np.int8)
 
 
-def smooth_lungs(lungs: np.ndarray, px: int, open_px: int | None = None) -> np.ndarray:
+def fill_lateral_notches(lung: np.ndarray, lateral_is_left: bool) -> np.ndarray:
+    """One lung (bool or 0/1, one component) with its outer border filled out to its convex hull.
+
+    The outer border of a lung on a frontal film follows the inside of the rib cage, which is convex
+    from apex to costophrenic angle; a notch there is where a breast or soft-tissue shadow or a rib
+    crossing pushed the threshold inwards, not lung missing. Only pixels outside the lung on its
+    lateral side of each row are added: the medial border (heart, hila) and the diaphragm's dome
+    are concave by anatomy and stay as they are."""
+    lung = np.asarray(lung, bool)
+    points = cv2.findNonZero(lung.astype(np.uint8))
+    if points is None:
+        return lung
+    hull = np.zeros(lung.shape, np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+    seen = lung if lateral_is_left else lung[:, ::-1]
+    outside = np.cumsum(seen, axis=1) == 0  # no lung pixel yet, coming in from the lateral side
+    if not lateral_is_left:
+        outside = outside[:, ::-1]
+    return lung | (hull.astype(bool) & outside)
+
+
+def smooth_lungs(lungs: np.ndarray, px: int, open_px: int | None = None, lateral_hull: bool = False) -> np.ndarray:
     """One solid, smooth component per lung: largest piece, holes filled, notches closed.
 
-    px: the closing's diameter; open_px: the opening's (px when None), both at a 256 px side."""
+    px: the closing's diameter; open_px: the opening's (px when None), both at a 256 px side;
+    lateral_hull: fill each lung's outer border out to its convex hull (fill_lateral_notches)."""
     # Vessels, nodules and consolidation leave holes and bays in a threshold mask; a lung is a
     # single simply connected region with a smooth outline.
     out = np.zeros(lungs.shape, np.uint8)
@@ -391,13 +414,15 @@ def smooth_lungs(lungs: np.ndarray, px: int, open_px: int | None = None) -> np.n
         if contours:
             filled = np.zeros_like(m)
             cv2.drawContours(filled, [max(contours, key=cv2.contourArea)], -1, 1, -1)
+            if lateral_hull:
+                filled = fill_lateral_notches(filled, lab == _LEFT)
             out[(filled > 0) & (out == 0)] = lab
     return out.astype(np.int8)
 
 
 def _smooth(lungs: np.ndarray, params: WeakMaskParams) -> np.ndarray:
-    """smooth_lungs with the closing and opening sizes of `params`."""
-    return smooth_lungs(lungs, params.pair_smooth_px, params.pair_open_px)
+    """smooth_lungs with the closing, opening and lateral-hull settings of `params`."""
+    return smooth_lungs(lungs, params.pair_smooth_px, params.pair_open_px, params.pair_lateral_hull)
 
 
 def snap_to_edges(image: np.ndarray, mask: np.ndarray, params: WeakMaskParams = WeakMaskParams(),

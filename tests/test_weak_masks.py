@@ -291,6 +291,46 @@ def test_smaller_opening_keeps_a_sharp_costophrenic_angle():
     assert (narrow > 0).sum() <= (lungs > 0).sum() + 5  # the opening only removes, closing adds nothing here
 
 
+def _lung_with_notches() -> np.ndarray:
+    """A left-of-image lung (rows 40-200, columns 40-110) with a notch on each side."""
+    lung = np.zeros((256, 256), bool)
+    lung[40:200, 40:110] = True
+    lung[120:150, 40:60] = False  # lateral notch: a breast shadow's bite
+    lung[80:120, 95:110] = False  # medial bay: the heart
+    return lung
+
+
+def test_fill_lateral_notches_fills_the_outer_border_only():
+    lung = _lung_with_notches()
+    out = wm.fill_lateral_notches(lung, lateral_is_left=True)
+    assert out[120:150, 40:60].all()  # the lateral notch is lung again
+    assert not out[80:120, 95:110].any()  # the medial bay stays
+    assert (out >= lung).all() and not out[:40].any() and not out[200:].any()
+
+
+def test_fill_lateral_notches_mirrors_for_the_other_lung():
+    lung = _lung_with_notches()[:, ::-1]
+    out = wm.fill_lateral_notches(lung, lateral_is_left=False)
+    assert np.array_equal(out, wm.fill_lateral_notches(lung[:, ::-1], lateral_is_left=True)[:, ::-1])
+    assert out[120:150, 196:216].all() and not out[80:120, 146:161].any()
+
+
+def test_fill_lateral_notches_leaves_empty_and_convex_masks_alone():
+    assert not wm.fill_lateral_notches(np.zeros((64, 64), bool), True).any()
+    box = np.zeros((64, 64), bool)
+    box[10:50, 10:30] = True
+    assert np.array_equal(wm.fill_lateral_notches(box, True), box)
+
+
+def test_smooth_lungs_fills_lateral_notches_when_asked():
+    lungs = np.zeros((256, 256), np.int8)
+    lungs[_lung_with_notches()] = 1
+    lungs[_lung_with_notches()[:, ::-1]] = 2
+    plain, filled = wm.smooth_lungs(lungs, 11), wm.smooth_lungs(lungs, 11, lateral_hull=True)
+    assert (plain[125:145, 42:58] == 0).all() and (filled[125:145, 42:58] == 1).all()
+    assert (filled[125:145, 198:214] == 2).all() and (filled[85:115, 100:108] == 0).all()
+
+
 def test_dispatcher_picks_the_method(toy):
     image, _ = toy
     assert np.array_equal(wm.weak_mask(image), wm.pair_mask(image, wm.WeakMaskParams()))
