@@ -35,15 +35,15 @@ def _dev_dice(dev_decoded, params: WeakMaskParams) -> np.ndarray:
     return np.array([dice(preds[row[iid]], t) for iid, t in zip(mask_ids, truths)])
 
 
-@pytest.mark.parametrize("method,floor_mean,floor_p10", [("pair", 0.91, 0.86), ("baseline", 0.40, 0.0)])
+@pytest.mark.parametrize("method,floor_mean,floor_p10", [("pair", 0.925, 0.88), ("baseline", 0.40, 0.0)])
 def test_weak_mask_dice_on_dev_set(dev_decoded, method, floor_mean, floor_p10):
     scores = _dev_dice(dev_decoded, WeakMaskParams(method=method))
     summary = {"mean": scores.mean(), "median": np.median(scores), "p10": np.quantile(scores, 0.1)}
     print(f"\n{method} weak masks on montgomery-shenzhen-512 (256 px): "
           + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
-    # Regression floors, just under what was measured on 2026-11-27:
-    # pair 0.921 mean / 0.878 p10 (0.893 / 0.851 before the gentle CLAHE clip and the gradient
-    # watershed), baseline 0.424 mean.
+    # Regression floors, just under what was measured on 2026-11-29: pair 0.931 mean / 0.889 p10
+    # (0.921 / 0.878 before the lateral convex hull, 0.893 / 0.851 before the gentle CLAHE clip and
+    # the gradient watershed), baseline 0.424 mean.
     assert summary["mean"] >= floor_mean and summary["p10"] >= floor_p10
 
 
@@ -66,9 +66,9 @@ def test_qc_knows_the_quality_of_the_weak_masks(dev_decoded):
     recall = float(np.mean(passed[true_dice >= 0.85]))
     print(f"\nQC on dev weak masks: Spearman {rho:.3f}, precision {precision:.3f}, recall {recall:.3f}, "
           f"pass rate {passed.mean():.3f}")
-    # Floors just under what was measured on 2026-11-27 (0.560 / 0.968 / 0.914); the issue's
+    # Floors just under what was measured on 2026-11-29 (0.572 / 0.975 / 0.925); the issue's
     # Spearman target of 0.6 is met only by the second QC, after early learning (README).
-    assert rho >= 0.55 and precision >= 0.90 and recall >= 0.85
+    assert rho >= 0.56 and precision >= 0.92 and recall >= 0.90
 
 
 def test_heatmap_score_separates_pneumonia_from_normal():
