@@ -24,6 +24,7 @@ import pandas as pd
 
 from lungssl.qc import bbox_slices, split_lungs
 from lungssl.storage import atomic_path
+from lungssl.weak_masks import convex_hull
 
 SCORE_COLUMNS = ("field_fraction", "lung_deficit", "mean_z", "max_z", "flagged_fraction",
                  "left_mean_z", "right_mean_z", "left_flagged", "right_flagged", "score")
@@ -46,19 +47,11 @@ class HeatmapParams:
         return cls(**{k: v for k, v in cfg.items() if k in known})
 
 
-def _hull(mask: np.ndarray) -> np.ndarray:
-    out = np.zeros(mask.shape, np.uint8)
-    points = cv2.findNonZero(mask.astype(np.uint8))
-    if points is not None:
-        cv2.fillConvexPoly(out, cv2.convexHull(points), 1)
-    return out.astype(bool)
-
-
 def lung_field(mask: np.ndarray) -> np.ndarray:
     """Bool field where lungs are expected: each lung's convex hull united with its mirror image
     about the pair's midline (the image's centre column when only one lung was found)."""
     pair, left, right = split_lungs(np.asarray(mask, dtype=bool))
-    hulls = _hull(left) | _hull(right)
+    hulls = convex_hull(left) | convex_hull(right)
     if not hulls.any():
         return hulls
     h, w = mask.shape

@@ -376,6 +376,15 @@ def refine_watershed(x: np.ndarray, lungs: np.ndarray, erode_px: int, dilate_px:
     return np.where(markers == _BACKGROUND, 0, markers).astype(np.int8)
 
 
+def convex_hull(mask: np.ndarray) -> np.ndarray:
+    """Bool mask of the filled convex hull of a mask's pixels (empty for an empty mask)."""
+    out = np.zeros(mask.shape, np.uint8)
+    points = cv2.findNonZero(np.asarray(mask).astype(np.uint8))
+    if points is not None:
+        cv2.fillConvexPoly(out, cv2.convexHull(points), 1)
+    return out.astype(bool)
+
+
 def fill_lateral_notches(lung: np.ndarray, lateral_is_left: bool) -> np.ndarray:
     """One lung (bool or 0/1, one component) with its outer border filled out to its convex hull.
 
@@ -385,16 +394,11 @@ def fill_lateral_notches(lung: np.ndarray, lateral_is_left: bool) -> np.ndarray:
     lateral side of each row are added: the medial border (heart, hila) and the diaphragm's dome
     are concave by anatomy and stay as they are."""
     lung = np.asarray(lung, bool)
-    points = cv2.findNonZero(lung.astype(np.uint8))
-    if points is None:
-        return lung
-    hull = np.zeros(lung.shape, np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
     seen = lung if lateral_is_left else lung[:, ::-1]
     outside = np.cumsum(seen, axis=1) == 0  # no lung pixel yet, coming in from the lateral side
     if not lateral_is_left:
         outside = outside[:, ::-1]
-    return lung | (hull.astype(bool) & outside)
+    return lung | (convex_hull(lung) & outside)
 
 
 def smooth_lungs(lungs: np.ndarray, px: int, open_px: int | None = None, lateral_hull: bool = False) -> np.ndarray:
