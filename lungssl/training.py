@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lungssl.early_stop import slope_ratio
 from lungssl.ingest import resize_image, resize_mask
+from lungssl.loader import file_digest
 from lungssl.modeling import ModelSpec, build_model, load_model, normalise, pick_device, save_model
 from lungssl.progress import Progress
 from lungssl.storage import atomic_path, read_image_stack, read_mask_stack
@@ -341,9 +342,18 @@ def recalibrate_batchnorm(model, feed: Feed, p: TrainParams, device) -> None:
 
 
 def _state_key(spec: ModelSpec, p: TrainParams, train: TrainingSet, init: Path | None) -> str:
-    """Identifies a training job's inputs, so a stale resume state is never picked up."""
-    h = hashlib.sha256(json.dumps([asdict(spec), asdict(p), str(init)], sort_keys=True).encode())
-    h.update(",".join(train.table["image_id"]).encode())
+    """Identifies a training job's inputs, so a stale resume state is never picked up.
+
+    By content, not by name: after the weak-mask rule changes, a rerun trains on the same image ids
+    with new target masks (and from a new init model), and a finished state from the old targets
+    must not be taken for the new job's."""
+    h = hashlib.sha256(json.dumps([asdict(spec), asdict(p)], sort_keys=True).encode())
+    h.update(train.table[["image_id", "shard", "row", "weight"]].to_csv(index=False).encode())
+    for iid in train.table["image_id"]:
+        h.update(train.packed[iid].tobytes())
+    for shard in sorted(set(train.table["shard"])):
+        h.update(file_digest(train.stacks[shard]).encode())
+    h.update(file_digest(init).encode() if init else b"random init")
     return h.hexdigest()[:16]
 
 

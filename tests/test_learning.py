@@ -13,7 +13,7 @@ from lungssl import early_stop, self_learning
 from lungssl.inference import clean_mask, predict_folder, predict_probs, to_mask
 from lungssl.modeling import ModelSpec, build_model, load_model, read_model_file, save_model
 from lungssl.storage import read_mask_stack, write_image_stack, write_mask_stack
-from lungssl.training import TrainParams, add_opacities, build_augment, collect_targets, soft_dice_loss, train_model
+from lungssl.training import TrainingSet, TrainParams, add_opacities, build_augment, collect_targets, soft_dice_loss, train_model
 from tests.conftest import toy_radiograph, write_png
 
 SPEC = ModelSpec(arch="Unet", encoder="resnet18", size=64)
@@ -208,6 +208,24 @@ def test_training_resumes_after_interruption(tmp_path):
     resumed = train_model(train, None, SPEC, FAST, tmp_path / "resumed.pt", tmp_path / "state.pt")
     assert list(resumed["epoch"]) == [1, 2, 3]
     assert resumed["train_loss"].tolist() == pytest.approx(full["train_loss"].tolist(), rel=1e-4)
+
+
+def test_finished_state_of_other_targets_is_not_resumed(tmp_path):
+    """The incremental rerun after the weak-mask rule changes: same image ids, new target masks
+    (or a new init model). The previous job's finished state must not stand in for the new one."""
+    from lungssl.training import _state_key
+
+    manifest, stacks, targets, qc = _toy_set(tmp_path)
+    train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
+    train_model(train, None, SPEC, FAST, tmp_path / "old.pt", tmp_path / "state.pt")
+    iid = train.table["image_id"].iloc[0]
+    changed = TrainingSet(table=train.table, stacks=train.stacks, size=train.size,
+                          packed={**train.packed, iid: np.packbits(~np.unpackbits(train.packed[iid]).astype(bool))})
+    assert _state_key(SPEC, FAST, changed, None) != _state_key(SPEC, FAST, train, None)
+    assert _state_key(SPEC, FAST, train, tmp_path / "old.pt") != _state_key(SPEC, FAST, train, None)
+    again = train_model(changed, None, SPEC, FAST, tmp_path / "new.pt", tmp_path / "state.pt")
+    assert list(again["epoch"]) == [1, 2, 3]  # trained, not picked up as already finished
+    assert (tmp_path / "new.pt").read_bytes() != (tmp_path / "old.pt").read_bytes()
 
 
 def test_corrupt_resume_state_restarts_cleanly(tmp_path):
