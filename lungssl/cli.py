@@ -19,7 +19,7 @@ import pandas as pd
 
 from lungssl import __version__
 from lungssl.self_learning import BrokenRoundChain
-from lungssl.storage import (atomic_path, mask_stack_size, merge_parquet, read_image_stack, read_mask_stack,
+from lungssl.storage import (mask_stack_size, merge_parquet, read_image_stack, read_mask_stack, write_csv,
                              write_image_stack, write_json, write_mask_stack, write_parquet)
 
 log = logging.getLogger("lungssl")
@@ -188,8 +188,7 @@ def cmd_qc_quality(a: argparse.Namespace) -> None:
         qc = pd.read_parquet(qc_path, columns=["image_id", "qc_score", "qc_pass"])
         rows.append({"qc": label, **qc_quality(truth.merge(qc, on="image_id", how="inner")), "good_dice": GOOD_DICE})
     table = pd.DataFrame(rows)
-    with atomic_path(a.out) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
+    write_csv(table, a.out, float_format="%.4f")
     log.info("QC against the true Dice:\n%s", table.to_string(index=False))
 
 
@@ -216,8 +215,7 @@ def cmd_eval_summary(a: argparse.Namespace) -> None:
 
     tables = [pd.read_parquet(p) for p in a.inputs]
     summary = summary_rows(tables)
-    with atomic_path(a.out) as tmp:
-        summary.to_csv(tmp, index=False, float_format="%.4f")
+    write_csv(summary, a.out, float_format="%.4f")
     log.info("evaluation summary:\n%s", summary.to_string(index=False))
 
 
@@ -426,8 +424,7 @@ def cmd_heatmap_merge(a: argparse.Namespace) -> None:
     write_parquet(scores, a.out)
     manifest = pd.read_parquet(a.manifest, columns=["image_id", "label", "rel_path"])
     aucs = auc_table(scores, manifest, a.positive, a.negative)
-    with atomic_path(a.auc) as tmp:
-        aucs.to_csv(tmp, index=False)
+    write_csv(aucs, a.auc)
     roc_plot(scores, manifest, a.positive, a.negative, a.roc)
     log.info("heatmap scores of %d images; ROC AUC: %s", len(scores),
              aucs.to_dict("records") if len(aucs) else f"not measured (no {a.positive}/{a.negative} labels)")

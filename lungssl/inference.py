@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from lungssl.modeling import normalise
+from lungssl.storage import write_csv
 
 log = logging.getLogger("lungssl.inference")
 
@@ -244,16 +245,15 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
         bar.update(len(files[start:start + batch_size]))
     bar.close()
     if lr_rows:
-        pd.DataFrame(lr_rows, columns=["path", "plausible", "problem"]).to_csv(out_dir / "left_right.csv", index=False)
+        write_csv(pd.DataFrame(lr_rows, columns=["path", "plausible", "problem"]), out_dir / "left_right.csv")
     if heat:
-        heat.table().to_csv(out_dir / "heatmap_scores.csv", index=False)
+        write_csv(heat.table(), out_dir / "heatmap_scores.csv")
     if scorer:
         scorer.write(out_dir / "truth_scores.csv")
     if quality:
         quality.write(out_dir / "quality.csv")
     if rejected:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rejected, columns=["path", "reason"]).to_csv(out_dir / "rejected.csv", index=False)
+        write_csv(pd.DataFrame(rejected, columns=["path", "reason"]), out_dir / "rejected.csv")
     return written, rejected
 
 
@@ -336,8 +336,7 @@ class _QualityScorer:
         import pandas as pd
 
         table = pd.DataFrame(self.rows, columns=self.COLUMNS)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path, index=False)
+        write_csv(table, path)
         failed = int((~table["qc_pass"].astype(bool)).sum())
         log.info("QC passed %d of %d masks (score >= %.2f); %s lists the %d to check first (qc_pass False)",
                  len(table) - failed, len(table), self.params.cohort_threshold, path, failed)
@@ -395,8 +394,7 @@ class _TruthScorer:
         from lungssl.evaluation import summary_row
 
         table = pd.DataFrame(self.rows, columns=["path", "truth", "dice", "iou", "hd95", "problem"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path, index=False)
+        write_csv(table, path)
         scored = table[table["problem"] == ""]
         if len(scored):
             s = summary_row(scored, "predict")

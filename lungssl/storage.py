@@ -57,6 +57,12 @@ def write_parquet(df: pd.DataFrame, path: Path | str) -> None:
         df.to_parquet(tmp, index=False)
 
 
+def write_csv(df: pd.DataFrame, path: Path | str, float_format: str | None = None) -> None:
+    """The table as CSV (no index), renamed into place: a reader never sees half a table."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format=float_format)
+
+
 def merge_parquet(inputs: list[Path | str], path: Path | str, keep: list[str]) -> pd.DataFrame:
     """Concatenate per-shard tables into one parquet file, one shard in memory at a time, and return
     only the columns `keep` of all rows: a merge job's memory stays set by the shard size."""

@@ -61,3 +61,19 @@ def test_merge_parquet_streams_shards_into_one_table(tmp_path):
     pd.testing.assert_frame_equal(merged, pd.read_parquet(tmp_path / "concat.parquet"))
     assert list(kept.columns) == ["image_id", "qc_score"] and kept["image_id"].tolist() == ["a", "b", "c"]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_write_csv_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "sub" / "t.csv"
+    storage.write_csv(pd.DataFrame({"a": [1.23456]}), target, float_format="%.2f")
+    assert target.read_text() == "a\n1.23\n"
+
+    class Broken(pd.DataFrame):
+        def to_csv(self, *args, **kwargs):
+            super().to_csv(*args, **kwargs)
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        storage.write_csv(Broken({"a": [9]}), target)
+    assert target.read_text() == "a\n1.23\n"  # the old table, not the half-written new one
+    assert [p.name for p in target.parent.iterdir()] == ["t.csv"]  # no temp left behind
