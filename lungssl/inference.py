@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lungssl.modeling import normalise
-from lungssl.storage import write_csv
+from lungssl.storage import write_csv, write_png
 
 log = logging.getLogger("lungssl.inference")
 
@@ -201,7 +201,6 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
     from lungssl.loader import ImageReadError, read_image
     from lungssl.modeling import load_model, pick_device
     from lungssl.progress import Progress
-    from lungssl.storage import write_png
 
     dev = pick_device(device)
     for p in inputs:  # a typo in a path fails before the model is even read
@@ -268,7 +267,6 @@ class _HeatWriter:
 
     def __call__(self, path, stem, image: np.ndarray, mask: np.ndarray) -> None:
         from lungssl.heatmaps import draw_heat_overlay, heatmap_any_size
-        from lungssl.storage import write_png
 
         z, scores = heatmap_any_size(image, mask, self.model, self.params)
         write_png(stem.with_name(stem.name + "_heat.png"), draw_heat_overlay(image, z, self.params.flag_z))
