@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ class TrainParams:
     opacity: float = 0.0           # share of training images given simulated opacities inside the lungs
     num_workers: int = 0
     min_steps_per_epoch: int = 20  # small cohorts repeat within an epoch, so curves share one time scale
+    lr_decay: bool = False         # cosine-anneal the learning rate to 0 over the (fixed) epochs
     seed: int = 0
 
     @classmethod
@@ -56,6 +58,11 @@ class TrainParams:
         if unknown:
             raise ValueError(f"unknown training parameter(s): {', '.join(sorted(unknown))}")
         return cls(**cfg)
+
+    def __post_init__(self):
+        if self.lr_decay and self.early_stop:
+            raise ValueError("lr_decay needs a fixed number of epochs: the early-learning stop would cut "
+                             "the schedule at an unknown point (set early_stop: false)")
 
 
 @dataclass
@@ -290,6 +297,14 @@ def _to(device: torch.device, x: torch.Tensor) -> torch.Tensor:
     return x.to(device)
 
 
+def cosine_lr(base: float, done: float) -> float:
+    """The learning rate after the share `done` (0..1) of all training steps, annealed to 0.
+
+    A constant rate leaves a short fixed-epoch fine-tune wherever its last noisy steps put it; the
+    decay lets it settle (README: +0.001 on the dev set over three seeds, +0.003 on an unseen hospital)."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(max(done, 0.0), 1.0)))
+
+
 def run_epoch(model, feed: Feed, p: TrainParams, epoch: int, device, optimizer=None) -> tuple[float, float]:
     """One pass; trains when an optimizer is given. Returns (mean loss, mean hard Dice)."""
     train = optimizer is not None
@@ -302,12 +317,16 @@ def run_epoch(model, feed: Feed, p: TrainParams, epoch: int, device, optimizer=N
     progress = Progress(len(feed.loader), f"epoch {epoch} {'training' if train else 'validation'}",
                         unit="batches", terminal=False)
     with torch.set_grad_enabled(train):
-        for x, y, w in batches_in:
+        for step, (x, y, w) in enumerate(batches_in):
             x, y, w = _to(device, x), y.to(device, non_blocking=True), w.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)
             loss = loss_fn(logits.float(), y, w, p)
             if train:
+                if p.lr_decay:  # from epoch and step alone, so a resumed job continues the same schedule
+                    done = ((epoch - 1) * len(feed.loader) + step) / (p.epochs * len(feed.loader))
+                    for group in optimizer.param_groups:
+                        group["lr"] = cosine_lr(p.lr, done)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

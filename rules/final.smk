@@ -39,7 +39,7 @@ rule final_model:
         ),
     params:
         device=config["train"]["device"],
-        train=train_params(config["final"]["epochs"]),
+        train=train_params(config["final"]["epochs"], lr_decay=config["final"]["lr_decay"]),
         state=lambda wildcards, output: os.path.join(os.path.dirname(output.model), "train_state.pt"),
     log:
         "logs/final/train.log",

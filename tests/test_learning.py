@@ -13,7 +13,9 @@ from lungssl import early_stop, self_learning
 from lungssl.inference import clean_mask, predict_folder, predict_probs, to_mask
 from lungssl.modeling import ModelSpec, build_model, load_model, read_model_file, save_model
 from lungssl.storage import read_mask_stack, write_image_stack, write_mask_stack
-from lungssl.training import TrainingSet, TrainParams, add_opacities, build_augment, collect_targets, soft_dice_loss, train_model
+from lungssl import training
+from lungssl.training import (TrainingSet, TrainParams, add_opacities, build_augment, collect_targets, cosine_lr,
+                              soft_dice_loss, train_model)
 from tests.conftest import toy_radiograph, write_png
 
 SPEC = ModelSpec(arch="Unet", encoder="resnet18", size=64)
@@ -206,6 +208,48 @@ def test_training_resumes_after_interruption(tmp_path):
     state["key"] = __import__("lungssl.training", fromlist=["_state_key"])._state_key(SPEC, FAST, train, None)
     torch.save(state, tmp_path / "state.pt")
     resumed = train_model(train, None, SPEC, FAST, tmp_path / "resumed.pt", tmp_path / "state.pt")
+    assert list(resumed["epoch"]) == [1, 2, 3]
+    assert resumed["train_loss"].tolist() == pytest.approx(full["train_loss"].tolist(), rel=1e-4)
+
+
+def test_cosine_lr_anneals_from_the_base_rate_to_zero():
+    rates = [cosine_lr(1e-3, d) for d in np.linspace(0, 1, 11)]
+    assert rates[0] == pytest.approx(1e-3) and rates[5] == pytest.approx(5e-4) and rates[-1] == pytest.approx(0)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_lr_decay_needs_a_fixed_number_of_epochs():
+    with pytest.raises(ValueError, match="fixed number of epochs"):
+        TrainParams(lr_decay=True)  # early_stop is on by default
+    with pytest.raises(ValueError, match="fixed number of epochs"):
+        TrainParams.from_config({"lr_decay": True, "early_stop": True})
+    assert TrainParams(lr_decay=True, early_stop=False).lr_decay
+
+
+def test_decayed_training_ends_near_zero_and_resumes_on_the_same_schedule(tmp_path, monkeypatch):
+    """The rate comes from epoch and step alone: a job killed in its last epoch picks the schedule
+    up where it was, and ends as the uninterrupted job does."""
+    manifest, stacks, targets, qc = _toy_set(tmp_path)
+    train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
+    decay = TrainParams(**{**FAST.__dict__, "lr_decay": True})
+    full = train_model(train, None, SPEC, decay, tmp_path / "full.pt", tmp_path / "full_state.pt")
+    last_lr = torch.load(tmp_path / "full_state.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+    assert 0 < last_lr < 0.01 * decay.lr
+    assert full["train_loss"].tolist() != pytest.approx(
+        train_model(train, None, SPEC, FAST, tmp_path / "flat.pt", tmp_path / "flat_state.pt")["train_loss"].tolist())
+
+    real_epoch = training.run_epoch
+
+    def killed_in_epoch_3(model, feed, p, epoch, device, optimizer=None):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return real_epoch(model, feed, p, epoch, device, optimizer)
+
+    monkeypatch.setattr(training, "run_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(train, None, SPEC, decay, tmp_path / "x.pt", tmp_path / "state.pt")
+    monkeypatch.setattr(training, "run_epoch", real_epoch)
+    resumed = train_model(train, None, SPEC, decay, tmp_path / "x.pt", tmp_path / "state.pt")
     assert list(resumed["epoch"]) == [1, 2, 3]
     assert resumed["train_loss"].tolist() == pytest.approx(full["train_loss"].tolist(), rel=1e-4)
 
