@@ -9,11 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lungssl import early_stop, self_learning
+from lungssl import early_stop, self_learning, training
 from lungssl.inference import clean_mask, predict_folder, predict_probs, to_mask
 from lungssl.modeling import ModelSpec, build_model, load_model, read_model_file, save_model
 from lungssl.storage import read_mask_stack, write_image_stack, write_mask_stack
-from lungssl import training
 from lungssl.training import (TrainingSet, TrainParams, add_opacities, build_augment, collect_targets, cosine_lr,
                               soft_dice_loss, train_model)
 from tests.conftest import toy_radiograph, write_png
@@ -205,7 +204,7 @@ def test_training_resumes_after_interruption(tmp_path):
     two = TrainParams(**{**FAST.__dict__, "epochs": 2})
     train_model(train, None, SPEC, two, tmp_path / "x.pt", tmp_path / "state.pt")
     state = torch.load(tmp_path / "state.pt", weights_only=True)
-    state["key"] = __import__("lungssl.training", fromlist=["_state_key"])._state_key(SPEC, FAST, train, None)
+    state["key"] = training._state_key(SPEC, FAST, train, None)
     torch.save(state, tmp_path / "state.pt")
     resumed = train_model(train, None, SPEC, FAST, tmp_path / "resumed.pt", tmp_path / "state.pt")
     assert list(resumed["epoch"]) == [1, 2, 3]
