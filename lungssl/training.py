@@ -45,7 +45,6 @@ class TrainParams:
     scale: float = 0.1
     rotate: float = 5.0
     brightness_contrast: float = 0.2
-    gamma: float = 0.0             # half the images get a grey-level gamma in [1/(1+g), 1+g]: other devices' curves
     opacity: float = 0.0           # share of training images given simulated opacities inside the lungs
     num_workers: int = 0
     min_steps_per_epoch: int = 20  # small cohorts repeat within an epoch, so curves share one time scale
@@ -114,8 +113,6 @@ def build_augment(p: TrainParams, seed: int):
         A.RandomBrightnessContrast(brightness_limit=p.brightness_contrast,
                                    contrast_limit=p.brightness_contrast, p=0.8),
     ]
-    if p.gamma > 0:
-        steps.append(A.RandomGamma(gamma_limit=(100 / (1 + p.gamma), 100 * (1 + p.gamma)), p=0.5))
     return Augment(A.Compose(steps, seed=seed), p.opacity)
 
 

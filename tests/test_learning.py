@@ -170,23 +170,6 @@ def test_flip_mirrors_image_and_target_together():
     assert 0 < flipped < 20  # on by default, for about half the images
 
 
-def test_gamma_changes_the_grey_curve_of_about_half_the_images_and_keeps_their_order():
-    image, mask = _lungs_and_mask()
-    p = TrainParams(gamma=1.0, hflip=False, shift=0, scale=0, rotate=0, brightness_contrast=0)
-    aug = build_augment(p, seed=0)
-    changed = 0
-    for s in range(20):
-        aug.set_random_seed(s)
-        out = aug(image=image, mask=mask)
-        assert np.array_equal(out["mask"], mask)
-        darker_or_lighter = not np.array_equal(out["image"], image)
-        if darker_or_lighter:  # an increasing curve: a brighter pixel stays at least as bright
-            order = np.argsort(image, axis=None, kind="stable")
-            assert (np.diff(out["image"].ravel()[order].astype(int)) >= 0).all()
-        changed += darker_or_lighter
-    assert 0 < changed < 20
-
-
 FAST = TrainParams(epochs=3, min_epochs=1, batch_size=4, lr=1e-3, early_stop=False, seed=0)
 
 
