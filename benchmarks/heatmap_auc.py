@@ -19,7 +19,7 @@ import torch
 
 from lungssl import heatmaps as hm
 from lungssl.ingest import Source, decode_shard, scan_sources
-from lungssl.inference import clean_mask, predict_probs, to_mask
+from lungssl.inference import lung_mask, predict_probs
 from lungssl.modeling import load_model
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     images = np.concatenate([test_images, train_images])
     model, spec, _ = load_model(args.model)
     probs, _ = predict_probs(model, images, spec.size, torch.device("cpu"))
-    masks = np.stack([clean_mask(to_mask(p, args.size, args.size)) for p in probs])
+    masks = np.stack([lung_mask(p, args.size, args.size) for p in probs])
 
     p = hm.HeatmapParams()
     codes = [hm.image_code(im, m, p) for im, m in zip(images, masks)]

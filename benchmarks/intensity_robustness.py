@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lungssl.evaluation import dice
-from lungssl.inference import clean_mask, predict_probs, to_mask
+from lungssl.inference import lung_mask, predict_probs
 from lungssl.ingest import Source, decode_shard, scan_sources
 from lungssl.modeling import load_model
 
@@ -44,7 +44,7 @@ def lut(curve: np.ndarray) -> np.ndarray:
 def scores(model, spec, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     probs, _ = predict_probs(model, images, spec.size, torch.device("cpu"))
     h, w = masks.shape[1:]
-    return np.array([dice(clean_mask(to_mask(p, h, w)), m) for p, m in zip(probs, masks)])
+    return np.array([dice(lung_mask(p, h, w), m) for p, m in zip(probs, masks)])
 
 
 def main() -> None:

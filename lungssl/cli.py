@@ -273,7 +273,7 @@ def cmd_round_chain(a: argparse.Namespace) -> None:
 def cmd_predict_shard(a: argparse.Namespace) -> None:
     import torch
 
-    from lungssl.inference import clean_mask, predict_probs, to_mask
+    from lungssl.inference import lung_mask, predict_probs
     from lungssl.modeling import load_model, pick_device
 
     from lungssl.progress import Progress
@@ -288,7 +288,7 @@ def cmd_predict_shard(a: argparse.Namespace) -> None:
         probs, agree = predict_probs(model, images, spec.size, device, a.batch_size, tta=not a.no_tta,
                                      progress=progress)
     n = images.shape[1] if len(images) else spec.size
-    masks = np.stack([clean_mask(to_mask(p, n, n)) for p in probs]) if len(probs) else np.zeros((0, n, n), bool)
+    masks = np.stack([lung_mask(p, n, n) for p in probs]) if len(probs) else np.zeros((0, n, n), bool)
     ids = table["image_id"].tolist()
     write_mask_stack(a.out, ids, masks)
     confidence = [float(np.mean(np.abs(p - 0.5)) * 2) for p in probs]

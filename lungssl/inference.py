@@ -75,6 +75,12 @@ def clean_mask(mask: np.ndarray) -> np.ndarray:
     return ndi.binary_fill_holes(keep_largest_objects(mask, 2, 0.005))
 
 
+def lung_mask(prob: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The mask every prediction path writes: the probability map thresholded at the image's size,
+    then cleaned; one recipe, so the workflow, `lungssl predict` and the benchmarks agree."""
+    return clean_mask(to_mask(prob, height, width))
+
+
 def draw_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Gray image with the mask outline in green, for a person to check at a glance."""
     rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
@@ -225,7 +231,7 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
         if batch:
             probs, tta = predict_probs(model, [px for _, px in batch], spec.size, dev, batch_size)
             for (path, px), prob, agreement in zip(batch, probs, tta):
-                mask = clean_mask(to_mask(prob, *px.shape))
+                mask = lung_mask(prob, *px.shape)
                 stem = _output_stem(path, roots, out_dir, used)
                 write_png(stem.with_name(stem.name + ".png"), mask.astype(np.uint8) * 255)
                 if overlay:

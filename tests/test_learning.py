@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lungssl import early_stop, self_learning, training
-from lungssl.inference import clean_mask, predict_folder, predict_probs, to_mask
+from lungssl.inference import clean_mask, lung_mask, predict_folder, predict_probs, to_mask
 from lungssl.modeling import ModelSpec, build_model, load_model, read_model_file, save_model
 from lungssl.storage import read_mask_stack, write_image_stack, write_mask_stack
 from lungssl.training import (TrainingSet, TrainParams, add_opacities, build_augment, collect_targets, cosine_lr,
@@ -298,12 +298,13 @@ def test_predict_probs_shapes_and_tta_agreement():
     assert ((probs >= 0) & (probs <= 1)).all() and ((agree >= 0) & (agree <= 1)).all()
 
 
-def test_to_mask_and_clean_mask():
+def test_lung_mask_thresholds_at_the_image_size_and_cleans():
     prob = np.zeros((32, 32), np.float32)
     prob[4:28, 4:12] = prob[4:28, 20:28] = 0.9
     prob[30, 30] = 0.9
     mask = clean_mask(to_mask(prob, 64, 48))
     assert mask.shape == (64, 48) and not mask[60:, 45:].any() and mask[30, 10]
+    assert np.array_equal(lung_mask(prob, 64, 48), mask)  # the one recipe every prediction path uses
 
 
 def test_left_right_labels_and_plausibility():
