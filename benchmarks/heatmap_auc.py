@@ -47,7 +47,7 @@ def main() -> None:
     train_images, _ = decoded(Path(args.data) / "train", args.size, args.train_sample, args.seed)
     images = np.concatenate([test_images, train_images])
     model, spec, _ = load_model(args.model)
-    probs, _ = predict_probs(model, images, spec.size, torch.device("cpu"))
+    probs, _ = predict_probs(model, images, spec, torch.device("cpu"))
     masks = np.stack([lung_mask(p, args.size, args.size) for p in probs])
 
     p = hm.HeatmapParams()

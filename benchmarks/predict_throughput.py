@@ -48,11 +48,11 @@ def cli_run(model: Path, inputs: Path, out: Path, device: str, batch: int) -> di
 
 def model_rate(model_path: Path, images: list[np.ndarray], device: torch.device, batch: int) -> float:
     model, spec, _ = load_model(model_path, device)
-    predict_probs(model, images[:batch], spec.size, device, batch)  # warm-up
+    predict_probs(model, images[:batch], spec, device, batch)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    predict_probs(model, images, spec.size, device, batch)
+    predict_probs(model, images, spec, device, batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return len(images) / (time.perf_counter() - t0)

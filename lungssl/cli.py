@@ -285,7 +285,7 @@ def cmd_predict_shard(a: argparse.Namespace) -> None:
     images = read_image_stack(a.images)
     log.info("predicting %d images on %s", len(images), device)
     with Progress(len(images), "predict") as progress:
-        probs, agree = predict_probs(model, images, spec.size, device, a.batch_size, tta=not a.no_tta,
+        probs, agree = predict_probs(model, images, spec, device, a.batch_size, tta=not a.no_tta,
                                      progress=progress)
     n = images.shape[1] if len(images) else spec.size
     masks = np.stack([lung_mask(p, n, n) for p in probs]) if len(probs) else np.zeros((0, n, n), bool)

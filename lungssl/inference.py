@@ -12,31 +12,33 @@ import cv2
 import numpy as np
 import torch
 
-from lungssl.modeling import normalise
+from lungssl.modeling import ModelSpec, normalise
 from lungssl.storage import write_csv, write_png
 
 log = logging.getLogger("lungssl.inference")
 
 
-def _batch_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+def _batch_tensor(images: np.ndarray, spec: ModelSpec, device: torch.device) -> torch.Tensor:
+    size = spec.size
     resized = [cv2.resize(np.asarray(im), (size, size), interpolation=cv2.INTER_AREA) if im.shape[0] != size
                else np.asarray(im) for im in images]
-    x = torch.from_numpy(np.stack([normalise(im) for im in resized]))[:, None]
+    x = torch.from_numpy(np.stack([normalise(im, spec.input_norm) for im in resized]))[:, None]
     x = x.to(device)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
 @torch.inference_mode()
-def predict_probs(model: torch.nn.Module, images: np.ndarray, size: int, device: torch.device,
+def predict_probs(model: torch.nn.Module, images: np.ndarray, spec: ModelSpec, device: torch.device,
                   batch_size: int = 32, tta: bool = True, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """(N x H x W uint8) -> (probabilities N x size x size float32, TTA agreement Dice per image).
+    """(N x H x W uint8) -> (probabilities N x size x size float32 at the model's input size, TTA
+    agreement Dice per image). spec: the model's, which says how its input is sized and normalised.
 
     progress: a lungssl.progress.Progress told of every finished batch, or None."""
     model.eval()
     probs, agree = [], []
     amp = device.type == "cuda"
     for start in range(0, len(images), batch_size):
-        x = _batch_tensor(images[start:start + batch_size], size, device)
+        x = _batch_tensor(images[start:start + batch_size], spec, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             p = torch.sigmoid(model(x).float())
             if tta:
@@ -49,7 +51,7 @@ def predict_probs(model: torch.nn.Module, images: np.ndarray, size: int, device:
         if progress is not None:
             progress.update(len(x))
     if not probs:
-        return np.zeros((0, size, size), np.float32), np.zeros(0, np.float32)
+        return np.zeros((0, spec.size, spec.size), np.float32), np.zeros(0, np.float32)
     return np.concatenate(probs), torch.cat(agree).cpu().numpy()
 
 
@@ -229,7 +231,7 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
             except ImageReadError as err:
                 rejected.append((str(path), str(err)))
         if batch:
-            probs, tta = predict_probs(model, [px for _, px in batch], spec.size, dev, batch_size)
+            probs, tta = predict_probs(model, [px for _, px in batch], spec, dev, batch_size)
             for (path, px), prob, agreement in zip(batch, probs, tta):
                 mask = lung_mask(prob, *px.shape)
                 stem = _output_stem(path, roots, out_dir, used)

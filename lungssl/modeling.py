@@ -14,10 +14,14 @@ import torch
 
 from lungssl import __version__
 from lungssl.storage import atomic_path
+from lungssl.weak_masks import find_film
 
 log = logging.getLogger("lungssl.modeling")
 
 MODEL_FORMAT = "lungssl-model/1"
+# Described in each model file for readers of it; the spec's input_norm is what loading uses.
+NORMALISATION_NAMES = {"zscore": "per_image_zscore", "rank": "film_pixel_rank"}
+INPUT_NORMS = tuple(NORMALISATION_NAMES)
 
 
 @dataclass(frozen=True)
@@ -26,11 +30,18 @@ class ModelSpec:
     encoder: str = "resnet34"
     size: int = 256
     encoder_weights_path: str | None = None  # local file only: nothing is ever downloaded
+    # Models saved before this field existed were trained on z-scored input, hence its default.
+    input_norm: str = "zscore"
+
+    def __post_init__(self):
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {self.input_norm!r}: use one of {', '.join(INPUT_NORMS)}")
 
     @classmethod
     def from_config(cls, cfg: dict, size: int) -> "ModelSpec":
         return cls(arch=cfg.get("arch", "Unet"), encoder=cfg.get("encoder", "resnet34"), size=size,
-                   encoder_weights_path=cfg.get("encoder_weights_path"))
+                   encoder_weights_path=cfg.get("encoder_weights_path"),
+                   input_norm=cfg.get("input_norm", "zscore"))
 
 
 DEVICES = "auto, cpu, cuda or cuda:N"
@@ -61,10 +72,33 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
-    """Per-image z-score: removes exposure and contrast differences between devices."""
+def normalise(image: np.ndarray, method: str = "zscore") -> np.ndarray:
+    """The model's input from a grey uint8 image (float32, about zero mean and unit variance).
+
+    zscore: removes linear exposure and contrast differences between devices. rank: each film
+    pixel's rank, which any increasing grey-level curve (another device's gamma, window or log)
+    leaves unchanged."""
+    return film_rank(image) if method == "rank" else zscore(image)
+
+
+def zscore(image: np.ndarray) -> np.ndarray:
     x = image.astype(np.float32)
     return (x - x.mean()) / max(float(x.std()), 1.0)
+
+
+def film_rank(image: np.ndarray) -> np.ndarray:
+    """Each pixel's mid-rank among the film's pixels, scaled like a z-score; padding at the minimum.
+
+    Ranked over the whole frame, a lung pixel's rank would depend on how much black padding frames
+    the film (a fifth of the frame on one hospital's films, none on another's), a difference
+    between sites larger than their grey-level curves; so padding is cut first, as the weak masks do."""
+    top, bottom, left, right = find_film(image)
+    film = image[top:bottom, left:right]
+    _, where, counts = np.unique(film, return_inverse=True, return_counts=True)
+    cdf = (np.cumsum(counts) - counts / 2) / film.size
+    x = np.zeros(image.shape, np.float32)
+    x[top:bottom, left:right] = cdf[where.reshape(film.shape)]
+    return (x - 0.5) / np.float32(np.sqrt(1 / 12))  # the uniform distribution's mean and sd
 
 
 def build_model(spec: ModelSpec) -> torch.nn.Module:
@@ -117,7 +151,7 @@ def _read_weights(path: Path) -> dict:
 
 def save_model(path: Path | str, model: torch.nn.Module, spec: ModelSpec, meta: dict) -> None:
     payload = {"format": MODEL_FORMAT, "lungssl_version": __version__, "spec": asdict(spec),
-               "normalisation": "per_image_zscore", "threshold": 0.5, "meta": meta,
+               "normalisation": NORMALISATION_NAMES[spec.input_norm], "threshold": 0.5, "meta": meta,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     # To a handle, not a path: torch.save names the archive's records after the file, and the
     # random temp name would make two identical models differ byte for byte.

@@ -11,7 +11,7 @@ import torch
 
 from lungssl import early_stop, self_learning, training
 from lungssl.inference import clean_mask, lung_mask, predict_folder, predict_probs, to_mask
-from lungssl.modeling import ModelSpec, build_model, load_model, read_model_file, save_model
+from lungssl.modeling import ModelSpec, build_model, load_model, normalise, read_model_file, save_model
 from lungssl.storage import read_mask_stack, write_image_stack, write_mask_stack
 from lungssl.training import (TrainingSet, TrainParams, add_opacities, build_augment, collect_targets, cosine_lr,
                               soft_dice_loss, train_model)
@@ -173,6 +173,48 @@ def test_flip_mirrors_image_and_target_together():
 FAST = TrainParams(epochs=3, min_epochs=1, batch_size=4, lr=1e-3, early_stop=False, seed=0)
 
 
+def _film_with_padding(seed: int, pad: int) -> np.ndarray:
+    """A noisy toy radiograph on grey levels 64, 72, .. 240, framed left and right by black padding."""
+    noise = np.random.default_rng(seed).integers(0, 24, (64, 64))
+    film = 64 + ((toy_radiograph(64, seed=seed)[0].astype(np.int32) * 160 // 255 + noise) // 8 * 8)
+    return np.pad(film.astype(np.uint8), ((0, 0), (pad, pad)))
+
+
+DARKER = np.round(255 * (np.arange(256) / 255.0) ** 2.0).astype(np.uint8)  # a gamma of 2: another device
+
+
+def test_rank_input_ignores_grey_curves_and_padding_and_zscore_does_not():
+    image = _film_with_padding(0, 12)
+    assert len(np.unique(DARKER[image])) == len(np.unique(image))  # no two grey levels merge
+    rank = normalise(image, "rank")
+    assert np.array_equal(rank, normalise(DARKER[image], "rank"))
+    assert np.array_equal(rank[:, 12:-12], normalise(_film_with_padding(0, 0), "rank"))  # padding width
+    assert (rank[:, :12] == rank.min()).all() and rank.dtype == np.float32
+    film = rank[:, 12:-12]
+    assert abs(float(film.mean())) < 1e-3 and abs(float(film.std()) - 1) < 0.05
+    assert not np.allclose(normalise(image, "zscore"), normalise(DARKER[image], "zscore"), atol=0.1)
+
+
+def test_model_keeps_its_input_norm_and_older_files_read_as_zscore(tmp_path):
+    spec = ModelSpec(arch="Unet", encoder="resnet18", size=64, input_norm="rank")
+    save_model(tmp_path / "m.pt", build_model(spec), spec, {"stage": "test"})
+    assert load_model(tmp_path / "m.pt")[1].input_norm == "rank"
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    del payload["spec"]["input_norm"]  # as written before the field existed
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt")[1].input_norm == "zscore"
+    with pytest.raises(ValueError, match="unknown input_norm"):
+        ModelSpec(input_norm="minmax")
+
+
+def test_rank_model_predicts_the_same_under_an_increasing_grey_curve():
+    spec = ModelSpec(arch="Unet", encoder="resnet18", size=64, input_norm="rank")
+    model = build_model(spec).eval()
+    imgs = np.stack([_film_with_padding(i, 8) for i in range(2)])
+    assert np.array_equal(predict_probs(model, imgs, spec, torch.device("cpu"))[0],
+                          predict_probs(model, DARKER[imgs], spec, torch.device("cpu"))[0])
+
+
 def test_training_learns_and_is_reproducible(tmp_path):
     manifest, stacks, targets, qc = _toy_set(tmp_path)
     train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
@@ -293,7 +335,7 @@ def test_training_refuses_an_empty_target_set(tmp_path):
 def test_predict_probs_shapes_and_tta_agreement():
     model = build_model(SPEC).eval()
     imgs = np.stack([toy_radiograph(80, seed=i)[0] for i in range(3)])
-    probs, agree = predict_probs(model, imgs, 64, torch.device("cpu"), batch_size=2, tta=True)
+    probs, agree = predict_probs(model, imgs, SPEC, torch.device("cpu"), batch_size=2, tta=True)
     assert probs.shape == (3, 64, 64) and agree.shape == (3,)
     assert ((probs >= 0) & (probs <= 1)).all() and ((agree >= 0) & (agree <= 1)).all()
 
