@@ -176,8 +176,8 @@ class MaskDataset(Dataset):
     """Item key (index, augmentation seed). The keys come from the batch sampler in the training
     process, so worker processes hold no per-epoch state and persist across epochs."""
 
-    def __init__(self, ts: TrainingSet, input_norm: str, augment=None):
-        self.ts, self.input_norm, self.augment = ts, input_norm, augment
+    def __init__(self, ts: TrainingSet, augment=None, input_norm: str = "zscore"):
+        self.ts, self.augment, self.input_norm = ts, augment, input_norm
         self._stacks: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -427,9 +427,10 @@ def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p:
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
     key = _state_key(spec, p, train, init_model)
     history, start = _resume(state_path, key, model, optimizer, device)
-    train_feed = Feed(MaskDataset(train, spec.input_norm, build_augment(p, p.seed)), p, device)
-    plain_train_feed = Feed(MaskDataset(train, spec.input_norm), p, device)
-    val_feed = Feed(MaskDataset(val, spec.input_norm), p, device) if val is not None and len(val.table) else None
+    train_feed = Feed(MaskDataset(train, build_augment(p, p.seed), spec.input_norm), p, device)
+    plain_train_feed = Feed(MaskDataset(train, input_norm=spec.input_norm), p, device)
+    has_val = val is not None and len(val.table) > 0
+    val_feed = Feed(MaskDataset(val, input_norm=spec.input_norm), p, device) if has_val else None
     chosen = history[-1]["epoch"] if history and history[-1].get("stop") else None
     for epoch in range(start, p.epochs + 1):
         if chosen is not None:
