@@ -120,8 +120,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lungssl-trainbench-") as tmp:
         ts = (workflow_set(a.results, a.model_size) if a.results else
               synthetic_set(Path(tmp), a.n, cfg["ingest"]["size"], a.model_size, cfg["ingest"]["shard_size"]))
-        spec = ModelSpec(cfg["model"]["arch"], a.encoder, a.model_size,
-                         input_norm=cfg["model"].get("input_norm", "zscore"))
+        spec = replace(ModelSpec.from_config(cfg["model"], a.model_size), encoder=a.encoder, encoder_weights_path=None)
         model = build_model(spec).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
