@@ -35,6 +35,7 @@ class TrainParams:
     min_epochs: int = 3
     early_stop: bool = True        # stop at the elbow of the training-Dice curve (ADELE rule)
     slope_fraction: float = 0.1    # ... when its fitted slope falls below this share of the initial slope
+    restore_best: bool = False     # keep the epoch with the best Dice against the held-out (weak) targets
     batch_size: int = 32
     lr: float = 1e-4
     bce_weight: float = 0.0        # 0: Dice loss alone; >0 adds BCE
@@ -426,14 +427,14 @@ def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
     key = _state_key(spec, p, train, init_model)
-    history, start = _resume(state_path, key, model, optimizer, device)
+    history, start, best = _resume(state_path, key, model, optimizer, device)
     train_feed = Feed(MaskDataset(train, build_augment(p, p.seed), spec.input_norm), p, device)
     plain_train_feed = Feed(MaskDataset(train, input_norm=spec.input_norm), p, device)
     has_val = val is not None and len(val.table) > 0
     val_feed = Feed(MaskDataset(val, input_norm=spec.input_norm), p, device) if has_val else None
-    chosen = history[-1]["epoch"] if history and history[-1].get("stop") else None
+    stopped = history[-1]["epoch"] if history and history[-1].get("stop") else None
     for epoch in range(start, p.epochs + 1):
-        if chosen is not None:
+        if stopped is not None:
             break
         t0 = time.perf_counter()
         tr_loss, tr_dice = run_epoch(model, train_feed, p, epoch, device, optimizer)
@@ -446,35 +447,52 @@ def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p:
         history.append(row)
         log.info("epoch %d/%d  train loss %.4f dice %.4f  val loss %.4f dice %.4f  slope %.3f  %.1fs",
                  epoch, p.epochs, tr_loss, tr_dice, va_loss, va_dice, row["slope_ratio"], row["seconds"])
-        _save_state(state_path, key, model, optimizer, history)
+        if p.restore_best and best_epoch(history) == epoch:
+            best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        _save_state(state_path, key, model, optimizer, history, best)
         if row["stop"]:
-            chosen = epoch
-    chosen = chosen or history[-1]["epoch"]
+            stopped = epoch
+    chosen = best_epoch(history) if p.restore_best and best else (stopped or history[-1]["epoch"])
+    if chosen != history[-1]["epoch"]:
+        log.info("keeping epoch %d, whose held-out Dice is the best of the %d trained", chosen, len(history))
+        model.load_state_dict(best)
     save_model(out_model, model, spec, {**(meta or {}), "epoch": chosen, "n_train": len(train.table),
-                                        "stopped_early": chosen < p.epochs})
+                                        "stopped_early": history[-1]["epoch"] < p.epochs})
     return pd.DataFrame(history).assign(chosen=lambda d: d["epoch"] == chosen)
 
 
-def _save_state(path: Path, key: str, model, optimizer, history: list[dict]) -> None:
+def best_epoch(history: list[dict]) -> int | None:
+    """The earliest epoch with the highest held-out Dice; None without a validation split.
+
+    The held-out weak masks are as noisy as the training ones but never trained on, so their Dice
+    falls once the network fits the training masks' own errors (README: the pediatric cohort, 79
+    batches an epoch, overshot at five epochs). Errors that all weak masks share it cannot see."""
+    scores = [(h["val_dice"], -h["epoch"]) for h in history if np.isfinite(h["val_dice"])]
+    return -max(scores)[1] if scores else None
+
+
+def _save_state(path: Path, key: str, model, optimizer, history: list[dict], best: dict | None) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a handle: see modeling.save_model
         torch.save({"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "history": json.dumps(history)}, fh)
+                    "history": json.dumps(history), "best": best}, fh)
 
 
-def _resume(path: Path, key: str, model, optimizer, device) -> tuple[list[dict], int]:
-    """Pick up a killed job's last finished epoch; anything stale or unreadable restarts cleanly."""
+def _resume(path: Path, key: str, model, optimizer, device) -> tuple[list[dict], int, dict | None]:
+    """Pick up a killed job's last finished epoch (and its best epoch's weights, if kept); anything
+    stale or unreadable restarts cleanly."""
     if not path.is_file():
-        return [], 1
+        return [], 1, None
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         if state.get("key") != key:
             log.info("ignoring resume state from different inputs: %s", path)
-            return [], 1
+            return [], 1, None
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = json.loads(state["history"])
+        best = {k: v.cpu() for k, v in state["best"].items()} if state.get("best") else None
     except Exception as err:  # a corrupt state must never stop a fresh start
         log.warning("cannot resume from %s (%s); restarting", path, err)
-        return [], 1
+        return [], 1, None
     log.info("resuming after epoch %d", history[-1]["epoch"] if history else 0)
-    return history, (history[-1]["epoch"] + 1 if history else 1)
+    return history, (history[-1]["epoch"] + 1 if history else 1), best

@@ -210,16 +210,14 @@ TRAIN_KEYS = ("batch_size", "lr", "bce_weight", "qc_weight", "min_qc", "hflip", 
 ROUND_ROOT = "results/rounds"
 
 
-def train_params(epochs, min_epochs=1, early_stop=False, slope_fraction=0.1, lr_decay=None):
+def train_params(epochs, min_epochs=1, early_stop=False, slope_fraction=0.1, **stage_only):
     """JSON handed to `lungssl train`: the model and the training settings of one stage.
     A function of the wildcards, so that braces in a configured path are not taken for wildcards.
-    lr_decay is the final stage's alone; the other stages' JSON leaves it out, so that it does not
-    change (and so retrain) them."""
+    stage_only: settings of one stage alone (lr_decay: final, restore_best: early learning); the other
+    stages' JSON leaves them out, so that they do not change (and so retrain) them."""
     train = {k: config["train"][k] for k in TRAIN_KEYS}
     train.update(epochs=epochs, min_epochs=min(min_epochs, epochs), early_stop=early_stop,
-                 slope_fraction=slope_fraction, seed=config["seed"])
-    if lr_decay is not None:
-        train["lr_decay"] = lr_decay
+                 slope_fraction=slope_fraction, seed=config["seed"], **stage_only)
     text = json.dumps({"model": config["model"], "train": train}, sort_keys=True)
     return lambda wildcards: text
 

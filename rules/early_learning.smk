@@ -22,6 +22,7 @@ rule early_learning:
             config["early_learning"]["min_epochs"],
             True,
             config["early_learning"]["slope_fraction"],
+            restore_best=config["early_learning"]["restore_best"],
         ),
         state=lambda wildcards, output: os.path.join(os.path.dirname(output.model), "train_state.pt"),
     log:

@@ -253,6 +253,47 @@ def test_training_resumes_after_interruption(tmp_path):
     assert resumed["train_loss"].tolist() == pytest.approx(full["train_loss"].tolist(), rel=1e-4)
 
 
+def test_best_epoch_is_the_earliest_highest_held_out_dice():
+    rows = [{"epoch": e, "val_dice": v} for e, v in [(1, 0.90), (2, 0.94), (3, 0.94), (4, 0.93)]]
+    assert training.best_epoch(rows) == 2
+    assert training.best_epoch([{"epoch": 1, "val_dice": float("nan")}]) is None
+
+
+def _scripted_val(monkeypatch, scores: dict[int, float]) -> None:
+    """Real training, but the held-out Dice of each epoch as scripted."""
+    real = training.run_epoch
+
+    def run(model, feed, p, epoch, device, optimizer=None):
+        loss, dice = real(model, feed, p, epoch, device, optimizer)
+        return (loss, dice) if optimizer is not None else (loss, scores[epoch])
+    monkeypatch.setattr(training, "run_epoch", run)
+
+
+def test_restore_best_keeps_the_weights_of_the_best_held_out_epoch_also_after_a_resume(tmp_path, monkeypatch):
+    manifest, stacks, targets, qc = _toy_set(tmp_path)
+    train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
+    val = collect_targets(manifest, stacks, targets, ("val",), 64, qc)["val"]
+    _scripted_val(monkeypatch, {1: 0.5, 2: 0.9, 3: 0.7})
+    best = TrainParams(**{**FAST.__dict__, "restore_best": True})
+    two = TrainParams(**{**FAST.__dict__, "epochs": 2})
+    metrics = train_model(train, val, SPEC, best, tmp_path / "best.pt", tmp_path / "best_state.pt")
+    train_model(train, val, SPEC, two, tmp_path / "two.pt", tmp_path / "two_state.pt")
+    assert metrics.loc[metrics["chosen"], "epoch"].tolist() == [2] and len(metrics) == 3
+    weights = [load_model(tmp_path / f"{n}.pt")[0].state_dict() for n in ("best", "two")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+    assert load_model(tmp_path / "best.pt")[2]["epoch"] == 2
+    # A job killed after epoch 2 resumes with epoch 2's weights kept, and still returns them.
+    train_model(train, val, SPEC, TrainParams(**{**best.__dict__, "epochs": 2}), tmp_path / "x.pt",
+                tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    state["key"] = training._state_key(SPEC, best, train, None)
+    torch.save(state, tmp_path / "state.pt")
+    resumed = train_model(train, val, SPEC, best, tmp_path / "resumed.pt", tmp_path / "state.pt")
+    assert resumed.loc[resumed["chosen"], "epoch"].tolist() == [2]
+    again = load_model(tmp_path / "resumed.pt")[0].state_dict()
+    assert all(torch.equal(again[k], weights[1][k]) for k in again)
+
+
 def test_cosine_lr_anneals_from_the_base_rate_to_zero():
     rates = [cosine_lr(1e-3, d) for d in np.linspace(0, 1, 11)]
     assert rates[0] == pytest.approx(1e-3) and rates[5] == pytest.approx(5e-4) and rates[-1] == pytest.approx(0)
