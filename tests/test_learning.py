@@ -259,13 +259,23 @@ def test_best_epoch_is_the_earliest_highest_held_out_dice():
     assert training.best_epoch([{"epoch": 1, "val_dice": float("nan")}]) is None
 
 
+def test_kept_epoch_goes_back_only_for_a_fall_beyond_twice_the_standard_error():
+    def history(last: float, se: float) -> list[dict]:
+        return [{"epoch": 1, "val_dice": 0.90, "val_dice_se": se}, {"epoch": 2, "val_dice": 0.9374, "val_dice_se": se},
+                {"epoch": 3, "val_dice": last, "val_dice_se": se}]
+    assert training.kept_epoch(history(0.9314, 0.0016)) == 2    # the pediatric run's fall
+    assert training.kept_epoch(history(0.9367, 0.0023)) == 3    # sampling noise of a small split
+    assert training.kept_epoch(history(0.9400, 0.0016)) == 3    # still rising
+    assert training.kept_epoch([{"epoch": 1, "val_dice": float("nan"), "val_dice_se": float("nan")}]) == 1
+
+
 def _scripted_val(monkeypatch, scores: dict[int, float]) -> None:
     """Real training, but the held-out Dice of each epoch as scripted."""
     real = training.run_epoch
 
     def run(model, feed, p, epoch, device, optimizer=None):
-        loss, dice = real(model, feed, p, epoch, device, optimizer)
-        return (loss, dice) if optimizer is not None else (loss, scores[epoch])
+        loss, dice, se = real(model, feed, p, epoch, device, optimizer)
+        return (loss, dice, se) if optimizer is not None else (loss, scores[epoch], 0.01)
     monkeypatch.setattr(training, "run_epoch", run)
 
 
