@@ -35,7 +35,7 @@ class TrainParams:
     min_epochs: int = 3
     early_stop: bool = True        # stop at the elbow of the training-Dice curve (ADELE rule)
     slope_fraction: float = 0.1    # ... when its fitted slope falls below this share of the initial slope
-    restore_best: bool = False     # keep the epoch with the best Dice against the held-out (weak) targets
+    restore_best: bool = False     # go back to the best held-out epoch after a clear fall (kept_epoch)
     batch_size: int = 32
     lr: float = 1e-4
     bce_weight: float = 0.0        # 0: Dice loss alone; >0 adds BCE
