@@ -60,7 +60,7 @@ def test_no_loader_of_model_files_runs_pickled_code(booby_trapped, tmp_path):
     spec = ModelSpec(encoder="resnet18", size=32)
     model = build_model(spec)
     optimizer = torch.optim.Adam(model.parameters())
-    assert training._resume(path, "x", model, optimizer, torch.device("cpu")) == ([], 1)  # restarts cleanly
+    assert training._resume(path, "x", model, optimizer, torch.device("cpu")) == ([], 1, None)  # restarts cleanly
     with pytest.raises(ValueError, match="not a readable weights file"):
         build_model(ModelSpec(encoder="resnet18", size=32, encoder_weights_path=str(path)))
     assert not marker.exists()
