@@ -484,7 +484,7 @@ def kept_epoch(history: list[dict]) -> int:
     last, best = history[-1], best_epoch(history)
     if best is None or best == last["epoch"]:
         return last["epoch"]
-    fall = history[[h["epoch"] for h in history].index(best)]["val_dice"] - last["val_dice"]
+    fall = next(h["val_dice"] for h in history if h["epoch"] == best) - last["val_dice"]
     return best if fall > 2 * last.get("val_dice_se", np.nan) else last["epoch"]
 
 
