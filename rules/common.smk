@@ -266,17 +266,30 @@ def round_status(r):
 
 
 def final_round():
+    # The round limit always stops the loop. A status saying "go on" there was written under other
+    # settings and is read before its round is rerun; the rerun decides, and the round chain's own
+    # verification (lungssl/self_learning.py) rejects a chain that really does not stop.
     max_rounds = config["self_learning"]["max_rounds"]
-    for r in range(1, max_rounds + 1):
+    for r in range(1, max_rounds):
         if round_status(r)["stop"]:
             return r
-    raise WorkflowError(f"no self-learning round up to {max_rounds} says stop: the round chain is broken")
+    return max_rounds
+
+
+def round_statuses():
+    """rounds/<r>/status.json of the rounds 1..R of the final chain.
+
+    A job that lists the rounds also names these files: Snakemake re-reads the list of a job that
+    takes a checkpoint's output once that checkpoint is rerun, so a rerun round whose decision
+    changes (another round limit, say) reaches every list.
+    """
+    return [f"{ROUND_ROOT}/{r}/status.json" for r in range(1, final_round() + 1)]
 
 
 def round_chain_inputs(wildcards):
     last = final_round()
     return [
-        *[f"{ROUND_ROOT}/{r}/status.json" for r in range(1, last + 1)],
+        *round_statuses(),
         *[f"{ROUND_ROOT}/{r}/qc.parquet" for r in range(1, last + 1)],
         *[round_model(r) for r in range(0, last)],
         *expand(f"{ROUND_ROOT}/{last}/pseudo/{{shard}}.npz", shard=shards()),
@@ -292,6 +305,11 @@ def evaluated_stages():
     if config["supervised"]["enabled"]:
         stages.append("supervised")
     return stages
+
+
+def eval_tables(wildcards):
+    """Every evaluated stage's table, with the round statuses that decide which stages there are."""
+    return {"tables": expand("results/eval/{stage}.parquet", stage=evaluated_stages()), "rounds": round_statuses()}
 
 
 def eval_predictions(wildcards):
@@ -334,8 +352,7 @@ def qc_quality_args(wildcards):
 def final_targets(wildcards):
     # Naming every round's status here makes a deleted status file a missing target that is
     # rebuilt, instead of a hole the final stage might silently step over.
-    statuses = [f"{ROUND_ROOT}/{r}/status.json" for r in range(1, final_round() + 1)]
-    targets = ["results/final/model.pt", *statuses, "results/qc/weak_agreement.parquet"]
+    targets = ["results/final/model.pt", *round_statuses(), "results/qc/weak_agreement.parquet"]
     if has_ground_truth():
         targets += ["results/eval/summary.csv", "results/eval/qc_quality.csv"]
     if config["heatmaps"]["enabled"]:

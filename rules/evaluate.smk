@@ -25,7 +25,7 @@ rule evaluate:
 
 rule eval_summary:
     input:
-        lambda wildcards: expand("results/eval/{stage}.parquet", stage=evaluated_stages()),
+        unpack(eval_tables),
     output:
         report(
             "results/eval/summary.csv",
@@ -45,12 +45,12 @@ rule eval_summary:
     conda:
         "../envs/lungssl.yaml"
     shell:
-        "lungssl eval-summary --inputs {input} --out {output} > {log} 2>&1"
+        "lungssl eval-summary --inputs {input.tables} --out {output} > {log} 2>&1"
 
 
 rule report_eval:
     input:
-        tables=lambda wildcards: expand("results/eval/{stage}.parquet", stage=evaluated_stages()),
+        unpack(eval_tables),
         summary="results/eval/summary.csv",
     output:
         table=report(

@@ -232,6 +232,23 @@ def test_raising_the_round_limit_continues_the_chain(chain_run, tmp_path):
     assert any("round 3" in label for label in pd.read_csv(r / "eval/qc_quality.csv").iloc[:, 0])
 
 
+def test_a_rerun_round_that_changes_its_decision_updates_every_round_listing(chain_run, tmp_path):
+    # Round 1's status file exists when Snakemake starts, so the round lists are first read from the
+    # old decision; every job that lists the rounds must follow the decision the rerun round takes
+    # (the summary once kept round 2 out after a stopped run was asked for two rounds).
+    run = tmp_path / "run"
+    shutil.copytree(chain_run, run, symlinks=True)
+    r = run / "results"
+    for rounds in (1, 2):  # round 1 flips to "stop", then back to "go on"
+        write_config(run, {**TINY, "self_learning": {**TINY["self_learning"], "min_rounds": rounds, "max_rounds": rounds}})
+        snakemake(run)
+        assert torch.load(r / "final/model.pt", weights_only=True)["meta"]["round"] == rounds
+        listed = {s for s in pd.read_csv(r / "eval/summary.csv")["stage"] if re.fullmatch(r"round_\d+", s)}
+        assert listed == {f"round_{k}" for k in range(1, rounds + 1)}
+        labels = pd.read_csv(r / "eval/qc_quality.csv").iloc[:, 0]
+        assert {int(k) for k in labels.str.extract(r"^round (\d+) ")[0].dropna()} == set(range(1, rounds + 1))
+
+
 def test_training_job_killed_mid_run_resumes(chain_run, tmp_path):
     r = chain_run / "results"
     params = json.dumps({"model": {"arch": "Unet", "encoder": "resnet18", "size": 64},
