@@ -276,21 +276,21 @@ def final_round():
     return max_rounds
 
 
-def round_statuses():
-    """rounds/<r>/status.json of the rounds 1..R of the final chain.
+def round_files(name):
+    """rounds/<r>/<name> of the rounds 1..R of the final chain.
 
-    A job that lists the rounds also names these files: Snakemake re-reads the list of a job that
-    takes a checkpoint's output once that checkpoint is rerun, so a rerun round whose decision
+    A job that lists the rounds also names their status.json: Snakemake re-reads the list of a job
+    that takes a checkpoint's output once that checkpoint is rerun, so a rerun round whose decision
     changes (another round limit, say) reaches every list.
     """
-    return [f"{ROUND_ROOT}/{r}/status.json" for r in range(1, final_round() + 1)]
+    return [f"{ROUND_ROOT}/{r}/{name}" for r in range(1, final_round() + 1)]
 
 
 def round_chain_inputs(wildcards):
     last = final_round()
     return [
-        *round_statuses(),
-        *[f"{ROUND_ROOT}/{r}/qc.parquet" for r in range(1, last + 1)],
+        *round_files("status.json"),
+        *round_files("qc.parquet"),
         *[round_model(r) for r in range(0, last)],
         *expand(f"{ROUND_ROOT}/{last}/pseudo/{{shard}}.npz", shard=shards()),
     ]
@@ -309,7 +309,8 @@ def evaluated_stages():
 
 def eval_tables(wildcards):
     """Every evaluated stage's table, with the round statuses that decide which stages there are."""
-    return {"tables": expand("results/eval/{stage}.parquet", stage=evaluated_stages()), "rounds": round_statuses()}
+    return {"tables": expand("results/eval/{stage}.parquet", stage=evaluated_stages()),
+            "rounds": round_files("status.json")}
 
 
 def eval_predictions(wildcards):
@@ -352,7 +353,7 @@ def qc_quality_args(wildcards):
 def final_targets(wildcards):
     # Naming every round's status here makes a deleted status file a missing target that is
     # rebuilt, instead of a hole the final stage might silently step over.
-    targets = ["results/final/model.pt", *round_statuses(), "results/qc/weak_agreement.parquet"]
+    targets = ["results/final/model.pt", *round_files("status.json"), "results/qc/weak_agreement.parquet"]
     if has_ground_truth():
         targets += ["results/eval/summary.csv", "results/eval/qc_quality.csv"]
     if config["heatmaps"]["enabled"]:
@@ -366,8 +367,8 @@ REPORT_DIR = "results/report"
 
 
 def chain_rounds(name):
-    """rounds/<r>/<name> for the rounds 1..R of the final chain (known once the loop has stopped)."""
-    return lambda wildcards: [f"{ROUND_ROOT}/{r}/{name}" for r in range(1, final_round() + 1)]
+    """round_files(name) as an input function."""
+    return lambda wildcards: round_files(name)
 
 
 def report_figures(wildcards):
