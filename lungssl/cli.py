@@ -168,6 +168,20 @@ def cmd_qc_merge(a: argparse.Namespace) -> None:
     log.info("QC merged: %s", json.dumps(summary))
 
 
+def cmd_qc_combine(a: argparse.Namespace) -> None:
+    from lungssl.qc import combine_ranks, summarize
+
+    names = [Path(t).stem for t in a.tables]
+    if len(set(names)) != len(names):
+        raise ValueError(f"QC tables need distinct file names, got {', '.join(names)}")
+    table = combine_ranks({n: pd.read_parquet(t, columns=["image_id", "qc_score", "qc_pass"])
+                           for n, t in zip(names, a.tables)})
+    write_parquet(table, a.out)
+    summary = summarize(table, None)
+    write_json(summary, a.summary)
+    log.info("QC combined from %s: %s", ", ".join(names), json.dumps(summary))
+
+
 def cmd_mask_agreement(a: argparse.Namespace) -> None:
     from lungssl.qc import model_agreement
 
@@ -645,8 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "of a workflow run (results/heatmaps/normal_model.npz)")
     p.add_argument("--qc", metavar="PRIOR",
                    help="also write quality.csv: each mask's label-free QC score (shape prior of a workflow run, "
-                   "results/qc/prior.npz, x flip-TTA agreement, as the self-learning rounds score pseudo-masks) "
-                   "and qc_pass (score >= 0.75): the masks to check first")
+                   "results/qc/prior.npz, x flip-TTA agreement, as the self-learning rounds score pseudo-masks), "
+                   "qc_pass (score >= 0.75): the masks to check first, and qc_rank (mean percentile rank of the "
+                   "shape term and the flip agreement among this call's masks): the order to check the rest in")
     p.add_argument("--truth", nargs="+", metavar="TEMPLATE",
                    help="measure against manual masks: path templates of each image's mask, as in the config "
                    "({root}: the input folder, {dir}: the image's folder, {stem}: its name without suffix; "
@@ -742,6 +757,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--summary", required=True)
     p.add_argument("--plot", required=True)
+
+    p = _add(sub, "qc-combine", cmd_qc_combine,
+             "one QC of the same masks from several QC tables: mean percentile rank, pass where all pass",
+             ["lungssl qc-combine --tables results/qc/weak.parquet results/qc/weak_agreement.parquet \\",
+              "    --out results/qc/weak_combined.parquet --summary results/qc/weak_combined_summary.json"],
+             rules="weak_qc_combined")
+    p.add_argument("--tables", nargs="+", required=True, help="QC tables (image_id, qc_score, qc_pass) of the same masks")
+    p.add_argument("--out", required=True)
+    p.add_argument("--summary", required=True)
 
     p = _add(sub, "mask-agreement", cmd_mask_agreement,
              "a second QC of one shard's weak masks: their Dice with the early-learning model's predictions",

@@ -169,6 +169,42 @@ def model_agreement(ids: list[str], masks: np.ndarray, ref_ids: list[str], refs:
     return table
 
 
+def percentile_ranks(values) -> np.ndarray:
+    """Each value's percentile rank in (0, 1] among `values` (ties share their mean rank); a missing
+    value (NaN) ranks below every other."""
+    return pd.Series(np.asarray(values, dtype=float)).fillna(-np.inf).rank(pct=True).to_numpy()
+
+
+def rank_mean(*scores) -> np.ndarray:
+    """The mean of each mask's percentile ranks under several scores of the same masks.
+
+    QC signals live on different scales (a shape score spreads over 0.7-0.95, a Dice with a model or
+    with the mirrored image over 0.9-0.98), so a geometric mean lets the widest one decide the order;
+    ranks give each an equal say. Relative to the masks ranked together: it orders, it has no level."""
+    return np.mean([percentile_ranks(s) for s in scores], axis=0)
+
+
+def combine_ranks(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One QC of the same masks from several QC tables (name -> image_id, qc_score, qc_pass): the
+    mean of the scores' percentile ranks in the cohort (rank_mean), and pass only where every table
+    passes, so a mask still has to satisfy each QC's own fixed level. A mask missing from a table,
+    or with no score there (NaN), ranks last in it and does not pass."""
+    if not tables:
+        raise ValueError("no QC tables to combine")
+    merged = None
+    for name, table in tables.items():
+        part = table.drop_duplicates("image_id").set_index("image_id")[["qc_score", "qc_pass"]]
+        part = part.rename(columns={"qc_score": f"score_{name}", "qc_pass": f"pass_{name}"})
+        merged = part if merged is None else merged.join(part, how="outer")
+    out = pd.DataFrame(index=merged.index)
+    for name in tables:
+        out[f"rank_{name}"] = percentile_ranks(merged[f"score_{name}"])
+        out[f"pass_{name}"] = merged[f"pass_{name}"].astype("boolean").fillna(False).astype(bool)
+    out["qc_score"] = out[[f"rank_{n}" for n in tables]].mean(axis=1)
+    out["qc_pass"] = out[[f"pass_{n}" for n in tables]].all(axis=1)
+    return out.reset_index()
+
+
 def agreement_for(ids: list[str], stats: pd.DataFrame, column: str) -> np.ndarray:
     """The `column` of a per-image stats table, in the order of `ids` (NaN for ids it lacks)."""
     if column not in stats.columns:
@@ -193,7 +229,7 @@ def films_for(ids: list[str], stats: pd.DataFrame) -> list[Film]:
     return [tuple(row) for row in boxes.loc[list(ids)].to_numpy()]
 
 
-def summarize(table: pd.DataFrame, threshold: float) -> dict:
+def summarize(table: pd.DataFrame, threshold: float | None) -> dict:
     return {
         "n": int(len(table)),
         "n_pass": int(table["qc_pass"].sum()),

@@ -119,6 +119,7 @@ localrules:
     manifest,
     qc_weak_merge,
     weak_agreement_merge,
+    weak_qc_combined,
     qc_quality,
     round_status,
     round_chain,
@@ -332,6 +333,8 @@ def qc_scores():
         "weak masks: shape + stability (qc/weak)": ("results/eval/weak.parquet", "results/qc/weak.parquet"),
         "weak masks: Dice with the early-learning model (qc/weak_agreement)":
             ("results/eval/weak.parquet", "results/qc/weak_agreement.parquet"),
+        "weak masks: shape + stability and the model's Dice, mean of ranks (qc/weak_combined)":
+            ("results/eval/weak.parquet", "results/qc/weak_combined.parquet"),
     }
     for r in range(1, final_round() + 1):
         scores[f"round {r} pseudo-masks: shape + TTA (rounds/{r}/qc)"] = (f"results/eval/round_{r}.parquet",
@@ -353,7 +356,7 @@ def qc_quality_args(wildcards):
 def final_targets(wildcards):
     # Naming every round's status here makes a deleted status file a missing target that is
     # rebuilt, instead of a hole the final stage might silently step over.
-    targets = ["results/final/model.pt", *round_files("status.json"), "results/qc/weak_agreement.parquet"]
+    targets = ["results/final/model.pt", *round_files("status.json"), "results/qc/weak_combined.parquet"]
     if has_ground_truth():
         targets += ["results/eval/summary.csv", "results/eval/qc_quality.csv"]
     if config["heatmaps"]["enabled"]:

@@ -140,3 +140,30 @@ rule weak_agreement_merge:
         "lungssl qc-merge --inputs {input} --threshold {params.threshold} "
         "--title 'Weak masks: Dice with the early-learning model' "
         "--out {output.table} --summary {output.summary} --plot {output.plot} > {log} 2>&1"
+
+
+# The best-informed QC of the weak masks: the shape + stability score and the agreement with the
+# early-learning model each see errors the other misses (a stopped-short apex keeps a normal shape;
+# a plausible-looking wrong outline can agree with a model that learnt the cohort's habits), so
+# they are combined by their cohort ranks, and a mask passes only where both pass.
+rule weak_qc_combined:
+    input:
+        shape="results/qc/weak.parquet",
+        agreement="results/qc/weak_agreement.parquet",
+        code=PKG / "qc.py",
+    output:
+        table="results/qc/weak_combined.parquet",
+        summary="results/qc/weak_combined_summary.json",
+    log:
+        "logs/qc/weak_combined.log",
+    benchmark:
+        "results/benchmarks/qc_weak_combined.tsv"
+    threads: 1
+    resources:
+        mem_mb=cohort_mem_mb(1500, 0.01),
+        runtime=cohort_runtime(5, 0.01),
+    conda:
+        "../envs/lungssl.yaml"
+    shell:
+        "lungssl qc-combine --tables {input.shape} {input.agreement} "
+        "--out {output.table} --summary {output.summary} > {log} 2>&1"

@@ -232,6 +232,11 @@ def test_quality_scorer_passes_a_typical_lung_pair_and_fails_a_lost_lung(tmp_pat
     assert rows["pair"]["qc_pass"] and rows["pair"]["qc_score"] > 0.9 and rows["pair"]["why"] == ""
     assert not rows["half"]["qc_pass"] and "robust SDs from the cohort's" in rows["half"]["why"]
     assert not rows["unstable"]["qc_pass"] and rows["unstable"]["why"].startswith("the mirrored image gives")
+    scorer.write(tmp_path / "quality.csv")
+    table = pd.read_csv(tmp_path / "quality.csv").set_index("path")
+    # ranks among the three: the pair ties for best on both scores, each other mask is last on one
+    assert table.loc["pair", "qc_rank"] == pytest.approx(5 / 6)
+    assert table.loc["half", "qc_rank"] == table.loc["unstable", "qc_rank"] == pytest.approx((5 / 6 + 1 / 3) / 2)
 
 
 def test_quality_scorer_judges_with_the_settings_saved_in_the_prior(tmp_path):

@@ -286,6 +286,55 @@ def test_model_agreement_is_dice_with_the_models_mask_of_the_same_image(toy):
     assert list(t["qc_pass"]) == [True, t["qc_score"][1] >= 0.9, False]
 
 
+def test_rank_mean_gives_each_score_an_equal_say_whatever_its_scale():
+    narrow = [0.91, 0.93, 0.95, 0.97]  # e.g. a Dice with the model
+    wide = [0.90, 0.60, 0.80, 0.70]    # e.g. a shape score
+    assert qc.percentile_ranks([0.5, np.nan, 0.5, 0.9]).tolist() == [0.625, 0.25, 0.625, 1.0]
+    assert qc.rank_mean(narrow, wide).tolist() == [0.625, 0.375, 0.75, 0.75]
+    # the geometric mean follows the wide score alone
+    assert np.argsort(np.sqrt(np.multiply(narrow, wide))).tolist() == np.argsort(wide).tolist()
+
+
+def test_combine_ranks_averages_cohort_ranks_and_passes_only_where_every_qc_passes():
+    import pandas as pd
+
+    shape = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "qc_score": [0.70, 0.95, 0.80, 0.90],
+                          "qc_pass": [False, True, True, True]})
+    model = pd.DataFrame({"image_id": ["d", "c", "b"], "qc_score": [0.99, np.nan, 0.91],  # "a" has none
+                          "qc_pass": [True, False, True]})
+    t = qc.combine_ranks({"shape": shape, "model": model}).set_index("image_id")
+    assert sorted(t.index) == ["a", "b", "c", "d"]  # every mask of either table is kept
+    assert t["rank_shape"].tolist() == [0.25, 1.0, 0.5, 0.75]
+    assert t.loc["d", "rank_model"] == 1.0 and t.loc["b", "rank_model"] == 0.75
+    assert t.loc["a", "rank_model"] == t.loc["c", "rank_model"] == 0.375  # no score: tied last
+    assert t["qc_score"].tolist() == pytest.approx([0.3125, 0.875, 0.4375, 0.875])
+    assert t["qc_pass"].tolist() == [False, True, False, True]
+    with pytest.raises(ValueError, match="no QC tables"):
+        qc.combine_ranks({})
+
+
+def test_qc_combine_cli_writes_table_and_summary(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from lungssl.cli import main
+
+    for name, scores in (("shape", [0.9, 0.8]), ("agree", [0.95, 0.99])):
+        pd.DataFrame({"image_id": ["a", "b"], "qc_score": scores, "qc_pass": [True, True]}).to_parquet(
+            tmp_path / f"{name}.parquet")
+    out, summary = tmp_path / "both.parquet", tmp_path / "both.json"
+    args = ["qc-combine", "--tables", str(tmp_path / "shape.parquet"), str(tmp_path / "agree.parquet"),
+            "--out", str(out), "--summary", str(summary)]
+    assert main(args) in (0, None)
+    t = pd.read_parquet(out)
+    assert {"rank_shape", "rank_agree", "qc_score", "qc_pass"} <= set(t.columns)
+    assert t["qc_score"].tolist() == [0.75, 0.75] and json.loads(summary.read_text())["n_pass"] == 2
+    clash = ["qc-combine", "--tables", str(tmp_path / "shape.parquet"), str(tmp_path / "shape.parquet"),
+             "--out", str(out), "--summary", str(summary)]
+    assert main(clash) not in (0, None)
+
+
 def test_qc_quality_counts_precision_recall_and_rank_correlation():
     import pandas as pd
 

@@ -73,6 +73,9 @@ def test_metrics_plots_and_evaluation(chain_run):
     assert {"weak", "weak_qc_pass", "round_1", "round_2", "final", "supervised"} <= stages
     val = summary[summary["split"] == "val"].set_index("stage")
     assert val["dice_mean"].between(0, 1).all()
+    combined = pd.read_parquet(r / "qc/weak_combined.parquet")
+    assert len(combined) == len(pd.read_parquet(r / "qc/weak.parquet"))
+    assert any("mean of ranks" in label for label in pd.read_csv(r / "eval/qc_quality.csv").iloc[:, 0])
 
 
 def test_second_run_has_nothing_to_do(chain_run):

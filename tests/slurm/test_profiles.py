@@ -38,7 +38,8 @@ def test_local_rules_exist(rules):
     text = (REPO / "rules/common.smk").read_text()
     block = re.search(r"^localrules:\n((?:    \w+,\n)+)", text, re.M).group(1)
     local = set(re.findall(r"(\w+),", block))
-    assert local == {"manifest", "qc_weak_merge", "weak_agreement_merge", "qc_quality", "round_status", "round_chain",
+    assert local == {"manifest", "qc_weak_merge", "weak_agreement_merge", "weak_qc_combined", "qc_quality",
+                     "round_status", "round_chain",
                      "eval_summary", "heatmap_merge",
                      "report_ingest", "report_rounds", "report_eval", "report_runtimes"}
     assert local <= rules
