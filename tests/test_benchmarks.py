@@ -96,8 +96,10 @@ def test_end_to_end(tmp_path):
 
 def test_intensity_robustness(xrays, tmp_path):
     spec = ModelSpec(encoder="resnet18", size=64)
-    save_model(tmp_path / "m.pt", build_model(spec), spec, {"stage": "test"})
+    models = [tmp_path / "z.pt", tmp_path / "a.pt"]  # given out of sorted order: the summary aligns them
+    for path in models:
+        save_model(path, build_model(spec), spec, {"stage": "test"})
     r = bench("intensity_robustness", tmp_path / "r.json", "--images", str(xrays),
-              "--model", str(tmp_path / "m.pt"), "--size", "96")
+              "--model", *map(str, models), "--size", "96")
     assert r["params"]["n"] == 6 and {row["curve"] for row in r["rows"]} >= {"identity", "gamma 2.0", "log"}
-    assert all(0 <= row["mean"] <= 1 for row in r["rows"])
+    assert all(0 <= row["mean"] <= 1 for row in r["rows"]) and set(r["figures"]) == set(map(str, models))
