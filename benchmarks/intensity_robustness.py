@@ -64,9 +64,8 @@ def main() -> None:
             rows.append({"model": path, "curve": name, "mean": round(d.mean(), 4),
                          "p10": round(float(np.quantile(d, 0.1)), 3), "min": round(d.min(), 3)})
     table = pd.DataFrame(rows)
-    worst = table.groupby("model")["mean"].min()
-    # groupby sorts by model; aligned, so several models compare in any order
-    identity = table[table.curve == "identity"].set_index("model")["mean"].reindex(worst.index)
+    by_curve = table.pivot(index="model", columns="curve", values="mean")  # one row per model: aligned
+    worst, identity = by_curve.min(axis=1), by_curve["identity"]
     figures = {m: f"worst curve's mean Dice {worst[m]:.4f} (identity {identity[m]:.4f})" for m in worst.index}
     result = {"benchmark": "intensity_robustness", "target": "mean Dice within 0.01 of the identity's under every curve",
               "figures": figures, "meets_target": bool((worst >= identity - 0.01).all()), "machine": _common.machine(),
