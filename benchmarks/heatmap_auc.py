@@ -48,7 +48,7 @@ def main() -> None:
     images = np.concatenate([test_images, train_images])
     model, spec, _ = load_model(args.model)
     probs, _ = predict_probs(model, images, spec, torch.device("cpu"))
-    masks = np.stack([lung_mask(p, args.size, args.size) for p in probs])
+    masks = np.stack([lung_mask(p, im) for p, im in zip(probs, images)])
 
     p = hm.HeatmapParams()
     codes = [hm.image_code(im, m, p) for im, m in zip(images, masks)]

@@ -43,8 +43,7 @@ def lut(curve: np.ndarray) -> np.ndarray:
 
 def scores(model, spec, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     probs, _ = predict_probs(model, images, spec, torch.device("cpu"))
-    h, w = masks.shape[1:]
-    return np.array([dice(lung_mask(p, h, w), m) for p, m in zip(probs, masks)])
+    return np.array([dice(lung_mask(p, im), m) for p, im, m in zip(probs, images, masks)])
 
 
 def main() -> None:

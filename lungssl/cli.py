@@ -302,7 +302,8 @@ def cmd_predict_shard(a: argparse.Namespace) -> None:
         probs, agree = predict_probs(model, images, spec, device, a.batch_size, tta=not a.no_tta,
                                      progress=progress)
     n = images.shape[1] if len(images) else spec.size
-    masks = np.stack([lung_mask(p, n, n) for p in probs]) if len(probs) else np.zeros((0, n, n), bool)
+    masks = np.stack([lung_mask(p, im) for p, im in zip(probs, images)]) if len(probs) \
+        else np.zeros((0, n, n), bool)
     ids = table["image_id"].tolist()
     write_mask_stack(a.out, ids, masks)
     confidence = [float(np.mean(np.abs(p - 0.5)) * 2) for p in probs]

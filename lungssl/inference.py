@@ -77,10 +77,21 @@ def clean_mask(mask: np.ndarray) -> np.ndarray:
     return ndi.binary_fill_holes(keep_largest_objects(mask, 2, 0.005))
 
 
-def lung_mask(prob: np.ndarray, height: int, width: int) -> np.ndarray:
+def lung_mask(prob: np.ndarray, image: np.ndarray) -> np.ndarray:
     """The mask every prediction path writes: the probability map thresholded at the image's size,
-    then cleaned; one recipe, so the workflow, `lungssl predict` and the benchmarks agree."""
-    return clean_mask(to_mask(prob, height, width))
+    kept inside the image's film box, then cleaned; one recipe, so the workflow, `lungssl predict`
+    and the benchmarks agree."""
+    from lungssl.weak_masks import find_film
+
+    mask = to_mask(prob, *image.shape[:2])
+    # Uniform padding round a scanned film holds no anatomy, yet a model that has seen few padded
+    # films (a cohort of unpadded pediatric films added, say) can take its black for lung air and
+    # grow a lung into it. The film box is the weak masks' own (same tolerance as the input's
+    # rank normalisation), and it falls back to the whole image when no padding is found.
+    top, bottom, left, right = find_film(image)
+    inside = np.zeros_like(mask)
+    inside[top:bottom, left:right] = True
+    return clean_mask(mask & inside)
 
 
 def draw_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -233,7 +244,7 @@ def predict_folder(model_path, inputs, out_dir, overlay: bool = False, device: s
         if batch:
             probs, tta = predict_probs(model, [px for _, px in batch], spec, dev, batch_size)
             for (path, px), prob, agreement in zip(batch, probs, tta):
-                mask = lung_mask(prob, *px.shape)
+                mask = lung_mask(prob, px)
                 stem = _output_stem(path, roots, out_dir, used)
                 write_png(stem.with_name(stem.name + ".png"), mask.astype(np.uint8) * 255)
                 if overlay:

@@ -397,7 +397,22 @@ def test_lung_mask_thresholds_at_the_image_size_and_cleans():
     prob[30, 30] = 0.9
     mask = clean_mask(to_mask(prob, 64, 48))
     assert mask.shape == (64, 48) and not mask[60:, 45:].any() and mask[30, 10]
-    assert np.array_equal(lung_mask(prob, 64, 48), mask)  # the one recipe every prediction path uses
+    image = np.random.default_rng(0).integers(0, 256, (64, 48), dtype=np.uint8)  # film everywhere
+    assert np.array_equal(lung_mask(prob, image), mask)  # the one recipe every prediction path uses
+
+
+def test_lung_mask_stays_inside_the_film():
+    # A film padded with black below and to the right; the model's lung runs on into the padding.
+    image = np.zeros((64, 64), np.uint8)
+    image[:48, :40] = np.random.default_rng(0).integers(30, 220, (48, 40))
+    prob = np.zeros((64, 64), np.float32)
+    prob[8:40, 4:16] = 0.9
+    prob[8:60, 24:60] = 0.9  # the right lung spills over the film's edges
+    mask = lung_mask(prob, image)
+    assert not mask[48:].any() and not mask[:, 40:].any()  # nothing in the padding
+    assert mask[8:40, 4:16].all() and mask[8:48, 24:40].all()  # the lung inside the film is kept
+    unpadded = np.random.default_rng(1).integers(30, 220, (64, 64), dtype=np.uint8)
+    assert np.array_equal(lung_mask(prob, unpadded), clean_mask(prob >= 0.5))  # no padding, no cut
 
 
 def test_left_right_labels_and_plausibility():
