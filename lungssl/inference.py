@@ -86,8 +86,8 @@ def lung_mask(prob: np.ndarray, image: np.ndarray) -> np.ndarray:
     mask = to_mask(prob, *image.shape[:2])
     # Uniform padding round a scanned film holds no anatomy, yet a model that has seen few padded
     # films (a cohort of unpadded pediatric films added, say) can take its black for lung air and
-    # grow a lung into it. The film box is the weak masks' own (same tolerance as the input's
-    # rank normalisation), and it falls back to the whole image when no padding is found.
+    # grow a lung into it. The box comes from the weak masks' film finder at its default tolerance,
+    # as the rank normalisation's does; with no padding found it is the whole image.
     top, bottom, left, right = find_film(image)
     inside = np.zeros_like(mask)
     inside[top:bottom, left:right] = True
