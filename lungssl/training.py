@@ -40,6 +40,7 @@ class TrainParams:
     lr: float = 1e-4
     bce_weight: float = 0.0        # 0: Dice loss alone; >0 adds BCE
     qc_weight: bool = False        # weight each image's loss by its QC score
+    balance_sources: bool = False  # every input source's images together weigh the same in the loss
     min_qc: float | None = None    # QC score a mask needs to be a training target; None: it must pass QC
     hflip: bool = True             # mirrored X-rays: the flip-TTA views are in distribution (README)
     shift: float = 0.05
@@ -101,6 +102,17 @@ def collect_targets(manifest: pd.DataFrame, image_stacks: dict[str, Path], mask_
         sets[split] = TrainingSet(table=part[["image_id", "shard", "row", "weight"]], stacks=image_stacks,
                                   packed={iid: packed[iid] for iid in part["image_id"]}, size=size)
     return sets
+
+
+def source_balance(sources: pd.Series) -> np.ndarray:
+    """Per-image loss factors under which every source's images together weigh the same; their mean is 1.
+
+    An extra set many times the size of the user's cohort (thousands of pediatric films beside a few
+    hundred adult ones) would otherwise set what the model learns; balanced, it adds variety without
+    outvoting the cohort (README: the pediatric-added run, +0.003 on the adult dev images)."""
+    sources = sources.fillna("").astype(str)
+    counts = sources.map(sources.value_counts()).to_numpy(float)
+    return len(sources) / (sources.nunique() * counts) if len(sources) else np.zeros(0)
 
 
 def build_augment(p: TrainParams, seed: int):
@@ -227,7 +239,7 @@ def loss_fn(logits, target, weight, p: TrainParams) -> torch.Tensor:
     if p.bce_weight > 0:
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
         per_image = per_image + p.bce_weight * bce.flatten(1).mean(1)
-    w = weight if p.qc_weight else torch.ones_like(weight)
+    w = weight if (p.qc_weight or p.balance_sources) else torch.ones_like(weight)
     return (per_image * w).sum() / w.sum().clamp(min=1e-6)
 
 

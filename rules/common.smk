@@ -206,7 +206,7 @@ def per_shard(pattern):
 
 # ---------------------------------------------------------------- learning stages
 
-TRAIN_KEYS = ("batch_size", "lr", "bce_weight", "qc_weight", "min_qc", "hflip", "shift", "scale", "rotate",
+TRAIN_KEYS = ("batch_size", "lr", "bce_weight", "qc_weight", "balance_sources", "min_qc", "hflip", "shift", "scale", "rotate",
               "brightness_contrast", "opacity", "num_workers", "min_steps_per_epoch")
 ROUND_ROOT = "results/rounds"
 

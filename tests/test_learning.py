@@ -507,3 +507,14 @@ def test_chain_record_recheck_catches_later_changes(tmp_path):
     (root / "0" / "model.pt").write_bytes(b"swapped")
     with pytest.raises(self_learning.BrokenRoundChain, match="changed after"):
         self_learning.check_chain_record(json.loads(json.dumps(rec)))
+
+
+def test_source_balance_gives_each_source_the_same_total_weight():
+    from lungssl.training import source_balance
+
+    sources = pd.Series(["", "", "kermany", "kermany", "kermany", "kermany", None, "other"])
+    w = source_balance(sources)
+    totals = pd.Series(w).groupby(sources.fillna("").to_numpy()).sum()
+    assert np.allclose(totals, totals.iloc[0]) and np.isclose(w.mean(), 1.0)
+    assert np.array_equal(source_balance(pd.Series(["a"] * 5)), np.ones(5))  # one source: unchanged
+    assert len(source_balance(pd.Series([], dtype=object))) == 0

@@ -31,8 +31,11 @@ command -v apt-get >/dev/null || skip "apt-get not found"
 # so the test cluster's slurm.conf has to be where every SLURM command looks: /etc/slurm/slurm.conf.
 # It is linked there for the test and removed afterwards; a machine with its own SLURM is left alone.
 ETC_CONF=/etc/slurm/slurm.conf
-case "$(readlink "$ETC_CONF" 2>/dev/null)" in   # left by a run that was killed outright
-  /tmp/lungssl-slurm.*/slurm/slurm.conf) [ -e "$ETC_CONF" ] || rm -f "$ETC_CONF" ;;
+OLD_CONF=$(readlink "$ETC_CONF" 2>/dev/null || true)
+case "$OLD_CONF" in   # left by a test run that was killed outright: its folder or its controller is gone
+  /tmp/lungssl-slurm.*/slurm/slurm.conf)
+    OLD_PID=$(cat "$(dirname "$OLD_CONF")/slurmctld.pid" 2>/dev/null || true)
+    { [ -n "$OLD_PID" ] && kill -0 "$OLD_PID" 2>/dev/null; } || rm -f "$ETC_CONF" ;;
 esac
 { [ -e "$ETC_CONF" ] || [ -L "$ETC_CONF" ]; } && skip "$ETC_CONF exists: this machine has its own SLURM, not touching it"
 "$PYTHON" -c "import snakemake_executor_plugin_slurm" 2>/dev/null \
