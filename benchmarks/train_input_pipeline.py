@@ -55,7 +55,7 @@ def synthetic_set(root: Path, n: int, size: int, model_size: int, shard_size: in
         write_image_stack(stacks[shard], images[idx])
         for row, k in enumerate(idx):
             iid = f"img{start + row:07d}"
-            rows.append({"image_id": iid, "shard": shard, "row": row, "weight": 1.0})
+            rows.append({"image_id": iid, "shard": shard, "row": row, "source": "", "qc_score": 1.0})
             packed[iid] = masks[k]
     return TrainingSet(table=pd.DataFrame(rows), stacks=stacks, packed=packed, size=model_size)
 

@@ -243,7 +243,7 @@ def _train_params(a: argparse.Namespace):
 
 def cmd_train(a: argparse.Namespace) -> None:
     from lungssl.plots import learning_curve
-    from lungssl.training import check_trainable, collect_targets, source_balance, train_model
+    from lungssl.training import check_trainable, collect_targets, train_model
 
     spec, params = _train_params(a)
     meta = {"stage": a.stage}
@@ -257,11 +257,6 @@ def cmd_train(a: argparse.Namespace) -> None:
     targets = [Path(p) for p in a.targets]
     sets = collect_targets(manifest, stacks, targets, ("train", "val"), spec.size, qc, params.min_qc)
     train, val = sets["train"], sets["val"]
-    if params.balance_sources:
-        sources = train.table["image_id"].map(manifest.set_index("image_id")["source"])
-        base = train.table["weight"] if params.qc_weight else 1.0
-        train.table["weight"] = base * source_balance(sources)
-        log.info("sources balanced in the loss: %s", sources.fillna("").value_counts().to_dict())
     check_trainable(a.stage, train, manifest, qc, params.min_qc)
     log.info("%s: %d training and %d validation targets", a.stage, len(train.table), len(val.table))
     metrics = train_model(train, val, spec, params, Path(a.out), Path(a.state),

@@ -40,7 +40,7 @@ class TrainParams:
     lr: float = 1e-4
     bce_weight: float = 0.0        # 0: Dice loss alone; >0 adds BCE
     qc_weight: bool = False        # weight each image's loss by its QC score
-    balance_sources: bool = False  # every input source's images together weigh the same in the loss
+    balance_sources: bool = True   # every input source's images together weigh the same in the loss
     min_qc: float | None = None    # QC score a mask needs to be a training target; None: it must pass QC
     hflip: bool = True             # mirrored X-rays: the flip-TTA views are in distribution (README)
     shift: float = 0.05
@@ -67,10 +67,13 @@ class TrainParams:
                              "the schedule at an unknown point (set early_stop: false)")
 
 
+TABLE_COLUMNS = ("image_id", "shard", "row", "source", "qc_score")
+
+
 @dataclass
 class TrainingSet:
     """Which images to train on, where their pixels live, and their targets (bit-packed)."""
-    table: pd.DataFrame            # image_id, shard, row, weight
+    table: pd.DataFrame            # image_id, shard, row, source, qc_score
     stacks: dict[str, Path]        # shard -> image stack (.npy)
     packed: dict[str, np.ndarray] = field(default_factory=dict)
     size: int = 256
@@ -84,12 +87,13 @@ def collect_targets(manifest: pd.DataFrame, image_stacks: dict[str, Path], mask_
 
     An empty mask is never a target: it says the method found no lungs, not that there are none."""
     rows = manifest[manifest["split"].isin(splits)][["image_id", "shard", "row", "split"]].copy()
-    rows["weight"] = 1.0
+    rows["source"] = manifest["source"].fillna("").astype(str) if "source" in manifest else ""
+    rows["qc_score"] = 1.0
     if qc is not None:
-        rows = rows.merge(qc[["image_id", "qc_score", "qc_pass"]], on="image_id", how="inner")
+        rows = rows.drop(columns="qc_score").merge(qc[["image_id", "qc_score", "qc_pass"]], on="image_id")
         keep = rows["qc_pass"].astype(bool) if min_qc is None else rows["qc_score"].astype(float) >= min_qc
         rows = rows[keep]
-        rows["weight"] = rows["qc_score"].astype(float)
+        rows["qc_score"] = rows["qc_score"].astype(float)
     wanted = set(rows["image_id"])
     packed = {}
     for path in mask_files:
@@ -99,9 +103,16 @@ def collect_targets(manifest: pd.DataFrame, image_stacks: dict[str, Path], mask_
     sets = {}
     for split in splits:
         part = rows[rows["split"] == split].reset_index(drop=True)
-        sets[split] = TrainingSet(table=part[["image_id", "shard", "row", "weight"]], stacks=image_stacks,
+        sets[split] = TrainingSet(table=part[list(TABLE_COLUMNS)], stacks=image_stacks,
                                   packed={iid: packed[iid] for iid in part["image_id"]}, size=size)
     return sets
+
+
+def loss_weights(table: pd.DataFrame, p: TrainParams) -> np.ndarray:
+    """Each image's weight in the loss: its QC score (qc_weight), times its source's balance factor
+    (balance_sources); all ones with neither."""
+    w = table["qc_score"].to_numpy(float) if p.qc_weight else np.ones(len(table))
+    return w * source_balance(table["source"]) if p.balance_sources else w
 
 
 def source_balance(sources: pd.Series) -> np.ndarray:
@@ -189,8 +200,10 @@ class MaskDataset(Dataset):
     """Item key (index, augmentation seed). The keys come from the batch sampler in the training
     process, so worker processes hold no per-epoch state and persist across epochs."""
 
-    def __init__(self, ts: TrainingSet, augment=None, input_norm: str = "zscore"):
+    def __init__(self, ts: TrainingSet, augment=None, input_norm: str = "zscore",
+                 weights: np.ndarray | None = None):
         self.ts, self.augment, self.input_norm = ts, augment, input_norm
+        self.weights = np.ones(len(ts.table)) if weights is None else weights
         self._stacks: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -216,7 +229,7 @@ class MaskDataset(Dataset):
             image, mask = out["image"], out["mask"]
         x = torch.from_numpy(normalise(image, self.input_norm))[None]
         y = torch.from_numpy(mask.astype(np.float32))[None]
-        return x, y, torch.tensor(float(rec["weight"]))
+        return x, y, torch.tensor(float(self.weights[int(index)]))
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -239,8 +252,7 @@ def loss_fn(logits, target, weight, p: TrainParams) -> torch.Tensor:
     if p.bce_weight > 0:
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
         per_image = per_image + p.bce_weight * bce.flatten(1).mean(1)
-    w = weight if (p.qc_weight or p.balance_sources) else torch.ones_like(weight)
-    return (per_image * w).sum() / w.sum().clamp(min=1e-6)
+    return (per_image * weight).sum() / weight.sum().clamp(min=1e-6)
 
 
 def epoch_order(n: int, p: TrainParams, epoch: int) -> np.ndarray:
@@ -383,7 +395,7 @@ def _state_key(spec: ModelSpec, p: TrainParams, train: TrainingSet, init: Path |
     with new target masks (and from a new init model), and a finished state from the old targets
     must not be taken for the new job's."""
     h = hashlib.sha256(json.dumps([asdict(spec), asdict(p)], sort_keys=True).encode())
-    h.update(train.table[["image_id", "shard", "row", "weight"]].to_csv(index=False).encode())
+    h.update(train.table[list(TABLE_COLUMNS)].to_csv(index=False).encode())
     for iid in train.table["image_id"]:
         h.update(train.packed[iid].tobytes())
     for shard in sorted(set(train.table["shard"])):
@@ -443,10 +455,14 @@ def train_model(train: TrainingSet, val: TrainingSet | None, spec: ModelSpec, p:
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
     key = _state_key(spec, p, train, init_model)
     history, start, best = _resume(state_path, key, model, optimizer, device)
-    train_feed = Feed(MaskDataset(train, build_augment(p, p.seed), spec.input_norm), p, device)
+    if p.balance_sources:
+        log.info("sources balanced in the loss: %s", train.table["source"].value_counts().to_dict())
+    train_feed = Feed(MaskDataset(train, build_augment(p, p.seed), spec.input_norm,
+                                  loss_weights(train.table, p)), p, device)
     plain_train_feed = Feed(MaskDataset(train, input_norm=spec.input_norm), p, device)
     has_val = val is not None and len(val.table) > 0
-    val_feed = Feed(MaskDataset(val, input_norm=spec.input_norm), p, device) if has_val else None
+    val_feed = (Feed(MaskDataset(val, input_norm=spec.input_norm, weights=loss_weights(val.table, p)), p, device)
+                if has_val else None)
     stopped = history[-1]["epoch"] if history and history[-1].get("stop") else None
     for epoch in range(start, p.epochs + 1):
         if stopped is not None:

@@ -93,6 +93,11 @@ def test_collect_targets_keeps_only_qc_passed_of_the_split(tmp_path):
     train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
     assert "img1" not in set(train.table["image_id"]) and len(train.table) == 8
     assert set(train.table["image_id"]).isdisjoint(manifest.loc[manifest.split == "val", "image_id"])
+    assert (train.table["source"] == "").all() and (train.table["qc_score"] == 0.9).all()  # for the loss weights
+    manifest["source"] = ["kermany" if i % 2 else None for i in range(12)]
+    train = collect_targets(manifest, stacks, targets, ("train",), 64, qc)["train"]
+    assert dict(zip(train.table["image_id"], train.table["source"]))["img2"] == ""
+    assert dict(zip(train.table["image_id"], train.table["source"]))["img3"] == "kermany"
 
 
 def test_collect_targets_with_min_qc_keeps_every_non_empty_mask_scored_high_enough(tmp_path):
@@ -518,3 +523,15 @@ def test_source_balance_gives_each_source_the_same_total_weight():
     assert np.allclose(totals, totals.iloc[0]) and np.isclose(w.mean(), 1.0)
     assert np.array_equal(source_balance(pd.Series(["a"] * 5)), np.ones(5))  # one source: unchanged
     assert len(source_balance(pd.Series([], dtype=object))) == 0
+
+
+def test_loss_weights_combine_qc_score_and_source_balance():
+    from lungssl.training import loss_weights
+
+    table = pd.DataFrame({"source": ["", "", "", "kermany"], "qc_score": [0.5, 1.0, 0.8, 0.6]})
+    assert np.array_equal(loss_weights(table, TrainParams(balance_sources=False)), np.ones(4))
+    assert np.allclose(loss_weights(table, TrainParams(balance_sources=False, qc_weight=True)), table.qc_score)
+    balanced = loss_weights(table, TrainParams())
+    assert np.isclose(balanced[:3].sum(), balanced[3]) and np.isclose(balanced.mean(), 1.0)
+    both = loss_weights(table, TrainParams(qc_weight=True))
+    assert np.allclose(both, balanced * table.qc_score)
