@@ -42,7 +42,7 @@ class TrainParams:
     qc_weight: bool = False        # weight each image's loss by its QC score
     balance_sources: bool = True   # every input source's images together weigh the same in the loss
     min_qc: float | None = None    # QC score a mask needs to be a training target; None: it must pass QC
-    hflip: bool = True             # mirrored X-rays: the flip-TTA views are in distribution (README)
+    hflip: bool = True             # mirrored X-rays: the flip-TTA views are in distribution (docs/results.md)
     shift: float = 0.05
     scale: float = 0.1
     rotate: float = 5.0
@@ -120,7 +120,7 @@ def source_balance(sources: pd.Series) -> np.ndarray:
 
     An extra set many times the size of the user's cohort (thousands of pediatric films beside a few
     hundred adult ones) would otherwise set what the model learns; balanced, it adds variety without
-    outvoting the cohort (README: the pediatric-added run, +0.003 on the adult dev images)."""
+    outvoting the cohort (docs/results.md: the pediatric-added run, +0.003 on the adult dev images)."""
     sources = sources.fillna("").astype(str)
     counts = sources.map(sources.value_counts()).to_numpy(float)
     return len(sources) / (sources.nunique() * counts) if len(sources) else np.zeros(0)
@@ -326,7 +326,7 @@ def cosine_lr(base: float, done: float) -> float:
     """The learning rate after the share `done` (0..1) of all training steps, annealed to 0.
 
     A constant rate leaves a short fixed-epoch fine-tune wherever its last noisy steps put it; the
-    decay lets it settle (README: +0.001 on the dev set over three seeds, +0.003 on an unseen hospital)."""
+    decay lets it settle (docs/results.md: +0.001 on the dev set over three seeds, +0.003 on an unseen hospital)."""
     return base * 0.5 * (1.0 + math.cos(math.pi * min(max(done, 0.0), 1.0)))
 
 
@@ -498,7 +498,7 @@ def best_epoch(history: list[dict]) -> int | None:
     """The earliest epoch with the highest held-out Dice; None without a validation split.
 
     The held-out weak masks are as noisy as the training ones but never trained on, so their Dice
-    falls once the network fits the training masks' own errors (README: the pediatric cohort, 79
+    falls once the network fits the training masks' own errors (docs/results.md: the pediatric cohort, 79
     batches an epoch, overshot at five epochs). Errors that all weak masks share it cannot see."""
     scores = [(h["val_dice"], -h["epoch"]) for h in history if np.isfinite(h["val_dice"])]
     return -max(scores)[1] if scores else None
@@ -507,7 +507,7 @@ def best_epoch(history: list[dict]) -> int | None:
 def kept_epoch(history: list[dict]) -> int:
     """The last epoch, unless the best held-out epoch beats it by more than twice the standard error
     of the last epoch's mean held-out Dice: a fall that size is the network fitting noise, not the
-    sampling noise of a small validation split (README: 0.0060 at 0.0016 on the pediatric cohort,
+    sampling noise of a small validation split (docs/results.md: 0.0060 at 0.0016 on the pediatric cohort,
     kept; 0.0007 at 0.0023 on a Shenzhen-only run, not)."""
     last, best = history[-1], best_epoch(history)
     if best is None or best == last["epoch"]:
